@@ -1,1 +1,8 @@
-//! placeholder
+//! Loads a kiln artifact once and classifies images with it.
+//!
+//! The public surface is [`Model`]: [`Model::load`] verifies and compiles an artifact, [`Model::prepare`]
+//! turns one input string (base64 or raw JPEG/PNG bytes) into the graph's input image,
+//! [`Model::infer`] runs a batch of prepared images, and [`Model::predict`] does both for a batch of
+//! strings, giving each instance its own result.
+
+#![deny(missing_docs)]

@@ -1,12 +1,18 @@
 //! The manifest: what an artifact contains and how to run it, as one JSON document.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::is_sha256_hex;
+use crate::error::ArtifactError;
+use crate::layout::check_file_name;
+
 /// The format version this build writes and the newest it can read.
 ///
-/// Bumped whenever a reader built for the previous version could misread an artifact.
+/// Bumped whenever a reader built for the previous version could misread an artifact; with unknown fields
+/// denied that is any schema change (rules in `FORMAT.md`).
 pub const FORMAT_VERSION: u32 = 1;
 
 /// File name of the manifest inside a version directory.
@@ -33,7 +39,8 @@ pub struct Manifest {
     pub provenance: Provenance,
     /// Files (relative to the version directory, `/`-separated) to run warm-up predictions on at load time.
     pub warmup: Vec<String>,
-    /// sha256 (lowercase hex) of every file in the version directory except the manifest and its digest.
+    /// sha256 (lowercase hex) of every file in the version directory except the manifest and its digest;
+    /// filled by [`crate::ArtifactWriter::publish`], so exporters leave it empty.
     pub files: BTreeMap<String, String>,
 }
 
@@ -151,4 +158,63 @@ pub struct SourceFile {
     pub sha256: String,
     /// Size in bytes.
     pub bytes: u64,
+}
+
+/// Upper bound on `manifest.json`'s size, checked before reading it: a label list for 100k classes fits
+/// many times over, and a corrupt or hostile file cannot make a reader allocate gigabytes.
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+impl Manifest {
+    /// Checks the rules serde cannot express: every listed name is a safe relative path with a well-formed
+    /// digest, the graph and warm-up files are listed, and the numbers a runtime divides by or sizes
+    /// buffers with are usable. Run by publish before writing and by load before trusting anything.
+    pub(crate) fn check(&self, path: &Path) -> Result<(), ArtifactError> {
+        let invalid = |field: String, reason: String| ArtifactError::ManifestInvalid {
+            path: path.to_path_buf(),
+            field,
+            reason,
+        };
+        for (name, digest) in &self.files {
+            check_file_name(name).map_err(|e| invalid(format!("files[{name:?}]"), e.to_string()))?;
+            if !is_sha256_hex(digest) {
+                let reason = format!("`{digest}` is not a sha256 in 64 lowercase hex digits");
+                return Err(invalid(format!("files[{name:?}]"), reason));
+            }
+        }
+        let listed = |field: String, name: &str| {
+            if self.files.contains_key(name) {
+                Ok(())
+            } else {
+                Err(invalid(field, format!("`{name}` is not listed in `files`")))
+            }
+        };
+        listed("graph.file".into(), &self.graph.file)?;
+        for (i, name) in self.warmup.iter().enumerate() {
+            listed(format!("warmup[{i}]"), name)?;
+        }
+        if self.graph.height == 0 || self.graph.width == 0 {
+            let reason = format!("input size {}x{} has a zero side", self.graph.height, self.graph.width);
+            return Err(invalid("graph.height/graph.width".into(), reason));
+        }
+        for (field, name) in [
+            ("graph.confidence_output", &self.graph.confidence_output),
+            ("graph.class_output", &self.graph.class_output),
+        ] {
+            if name.is_empty() {
+                return Err(invalid(field.into(), "the output name is empty".into()));
+            }
+        }
+        if self.labels.is_empty() {
+            return Err(invalid("labels".into(), "a classifier needs at least one label".into()));
+        }
+        let p = &self.preprocess;
+        let finite = p.rescale_factor.is_finite() && p.mean.iter().chain(&p.std).all(|v| v.is_finite());
+        if !finite {
+            return Err(invalid("preprocess".into(), "rescale_factor, mean and std must be finite".into()));
+        }
+        if p.std.contains(&0.0) {
+            return Err(invalid("preprocess.std".into(), format!("{:?} has a zero entry", p.std)));
+        }
+        Ok(())
+    }
 }

@@ -1,1 +1,64 @@
-fn main() {}
+//! kiln's developer tasks, run as `cargo xtask <task>` (the alias lives in `.cargo/config.toml`).
+//!
+//! One module per task; this file only parses the command line and dispatches. Tasks that touch product
+//! behaviour call the library crates rather than reimplementing them.
+//!
+//! ```text
+//! cargo xtask fixtures            # regenerate fixtures/ with the pinned Python environment
+//! cargo xtask fixtures --check    # verify fixtures/ against fixtures/CHECKSUMS, no Python needed
+//! cargo xtask fixtures vit-base   # write a random-weight ViT-B/16 checkpoint to target/vit-base
+//! ```
+
+mod fixtures;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// kiln's developer tasks.
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "kiln's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Regenerate or verify the committed test fixtures, or write the full-size benchmark checkpoint.
+    Fixtures(fixtures::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Fixtures(args) => fixtures::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root, so tasks behave the same from any working directory.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().map_or(manifest_dir.clone(), PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// clap checks argument definitions only when parsing; this makes a broken definition fail `cargo test`.
+    #[test]
+    fn command_line_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+}

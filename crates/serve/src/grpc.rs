@@ -1,0 +1,327 @@
+//! TF Serving's gRPC services on tonic: `tensorflow.serving.PredictionService` and `ModelService`.
+//!
+//! Requests are validated with TF Serving's messages (predict_util.cc), then go through the same
+//! [`ModelTable`] and batch queues as REST. Classify, Regress and MultiInference take tf.Example input,
+//! which an image model has no use for; they answer UNIMPLEMENTED saying so, as does
+//! HandleReloadConfigRequest (kiln reads its model config at start).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+
+use crate::batch::JobError;
+use crate::error::{ServeError, code_name};
+use crate::metrics::{Api, Entrypoint, Metrics};
+use crate::proto::tensorflow::error::Code as ErrorCode;
+use crate::proto::tensorflow::serving::model_service_server::ModelService;
+use crate::proto::tensorflow::serving::prediction_service_server::PredictionService;
+use crate::proto::tensorflow::serving::{
+    ClassificationRequest, ClassificationResponse, GetModelMetadataRequest, GetModelMetadataResponse,
+    GetModelStatusRequest, GetModelStatusResponse, ModelSpec, ModelVersionStatus, MultiInferenceRequest,
+    MultiInferenceResponse, PredictRequest, PredictResponse, RegressionRequest, RegressionResponse,
+    ReloadConfigRequest, ReloadConfigResponse, StatusProto, model_spec,
+};
+use crate::proto::tensorflow::{DataType, TensorProto, TensorShapeProto, tensor_shape_proto};
+use crate::signature::{self, OutputKind, OutputValue, SignaturePlan};
+use crate::table::{ModelTable, VersionChoice};
+
+/// The type URL GetModelMetadata packs the `SignatureDefMap` under.
+const SIGNATURE_DEF_MAP_URL: &str = "type.googleapis.com/tensorflow.serving.SignatureDefMap";
+
+/// State both services share.
+#[derive(Clone)]
+pub(crate) struct GrpcState {
+    pub(crate) table: Arc<ModelTable>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+fn model_spec(spec: Option<ModelSpec>) -> Result<(String, VersionChoice, String), ServeError> {
+    let spec = spec.ok_or_else(|| ServeError::InvalidArgument("Missing ModelSpec".into()))?;
+    let choice = match spec.version_choice {
+        None => VersionChoice::Latest,
+        Some(model_spec::VersionChoice::Version(v)) => VersionChoice::Number(
+            u64::try_from(v)
+                .map_err(|_| ServeError::InvalidArgument(format!("Invalid model version: {v}")))?,
+        ),
+        Some(model_spec::VersionChoice::VersionLabel(label)) => VersionChoice::Label(label),
+    };
+    Ok((spec.name, choice, spec.signature_name))
+}
+
+impl GrpcState {
+    fn record<T>(
+        &self,
+        model: &str,
+        api: Api,
+        started: Instant,
+        result: Result<T, ServeError>,
+    ) -> Result<Response<T>, Status> {
+        let status = result.as_ref().map_or_else(|e| code_name(e.code()), |_| "OK");
+        self.metrics.observe_request(model, api, Entrypoint::Grpc, status, started.elapsed());
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn predict_inner(&self, request: PredictRequest) -> Result<PredictResponse, ServeError> {
+        let (name, choice, signature_name) = model_spec(request.model_spec)?;
+        let servable = self.table.resolve(&name, &choice)?;
+        let signature_name =
+            if signature_name.is_empty() { signature::DEFAULT_SIGNATURE.to_owned() } else { signature_name };
+        let plan = SignaturePlan::find(servable.model.manifest(), &signature_name)?.ok_or_else(|| {
+            ServeError::FailedPrecondition(format!("Serving signature key \"{signature_name}\" not found."))
+        })?;
+        let sent: BTreeSet<&str> = request.inputs.keys().map(String::as_str).collect();
+        let expected = plan.input_set();
+        if sent.len() != expected.len() {
+            return Err(ServeError::InvalidArgument(signature::input_mismatch(&sent, &expected)));
+        }
+        let tensor = request.inputs.get(&plan.input).ok_or_else(|| {
+            let alias = sent.iter().next().copied().unwrap_or_default();
+            ServeError::InvalidArgument(format!(
+                "input tensor alias not found in signature: {alias}. Inputs expected to be in the set {{{}}}.",
+                plan.input
+            ))
+        })?;
+        let strings = string_instances(&plan.input, tensor)?;
+        let outputs: Vec<(String, OutputKind)> = if request.output_filter.is_empty() {
+            plan.outputs.clone()
+        } else {
+            let mut chosen = Vec::new();
+            for alias in &request.output_filter {
+                let kind = plan.outputs.iter().find(|(a, _)| a == alias).map(|(_, k)| *k).ok_or_else(|| {
+                    let set: Vec<&str> = plan.outputs.iter().map(|(a, _)| a.as_str()).collect();
+                    ServeError::InvalidArgument(format!(
+                        "output tensor alias not found in signature: {alias} Outputs expected to be in the set {{{}}}.",
+                        set.join(",")
+                    ))
+                })?;
+                if chosen.iter().any(|(a, _)| a == alias) {
+                    return Err(ServeError::InvalidArgument(format!(
+                        "duplicate output tensor alias in output_filter: {alias}"
+                    )));
+                }
+                chosen.push((alias.clone(), kind));
+            }
+            chosen
+        };
+        let predictions = if strings.is_empty() {
+            Vec::new()
+        } else {
+            servable.predict(strings).await.map_err(|error| match error {
+                JobError::Instance { index, error } => ServeError::InvalidArgument(format!(
+                    "input '{}' string_val[{index}]: {error}",
+                    plan.input
+                )),
+                JobError::Request(error) => error,
+            })?
+        };
+        let shape = TensorShapeProto {
+            dim: vec![tensor_shape_proto::Dim { size: predictions.len() as i64, name: String::new() }],
+            unknown_rank: false,
+        };
+        let outputs: HashMap<String, TensorProto> = outputs
+            .into_iter()
+            .map(|(alias, kind)| {
+                let mut tensor = TensorProto { tensor_shape: Some(shape.clone()), ..Default::default() };
+                for prediction in &predictions {
+                    match kind.value(prediction) {
+                        OutputValue::Label(label) => tensor.string_val.push(label.as_bytes().to_vec()),
+                        OutputValue::Confidence(c) => tensor.float_val.push(c),
+                        OutputValue::ClassIndex(i) => tensor.int64_val.push(i),
+                    }
+                }
+                tensor.dtype = match kind {
+                    OutputKind::Label => DataType::DtString,
+                    OutputKind::Confidence => DataType::DtFloat,
+                    OutputKind::ClassIndex => DataType::DtInt64,
+                } as i32;
+                (alias, tensor)
+            })
+            .collect();
+        Ok(PredictResponse {
+            model_spec: Some(ModelSpec {
+                name,
+                signature_name: plan.name,
+                version_choice: Some(model_spec::VersionChoice::Version(servable.version as i64)),
+            }),
+            outputs,
+        })
+    }
+
+    fn metadata_inner(
+        &self,
+        request: GetModelMetadataRequest,
+    ) -> Result<GetModelMetadataResponse, ServeError> {
+        let (name, choice, _) = model_spec(request.model_spec)?;
+        if request.metadata_field.is_empty() {
+            return Err(ServeError::InvalidArgument(
+                "GetModelMetadataRequest must specify at least one metadata_field".into(),
+            ));
+        }
+        if let Some(field) = request.metadata_field.iter().find(|f| *f != "signature_def") {
+            return Err(ServeError::InvalidArgument(format!("Metadata field {field} is not supported")));
+        }
+        let servable = self.table.resolve(&name, &choice)?;
+        let map = signature::signature_def_map(servable.model.manifest());
+        let any = prost_types::Any {
+            type_url: SIGNATURE_DEF_MAP_URL.into(),
+            value: prost::Message::encode_to_vec(&map),
+        };
+        Ok(GetModelMetadataResponse {
+            model_spec: Some(ModelSpec {
+                name,
+                signature_name: String::new(),
+                version_choice: Some(model_spec::VersionChoice::Version(servable.version as i64)),
+            }),
+            metadata: HashMap::from([("signature_def".to_owned(), any)]),
+        })
+    }
+
+    fn status_inner(&self, request: GetModelStatusRequest) -> Result<GetModelStatusResponse, ServeError> {
+        let (name, choice, _) = model_spec(request.model_spec)?;
+        let versions = self.table.status(&name, &choice)?;
+        Ok(GetModelStatusResponse {
+            model_version_status: versions
+                .into_iter()
+                .map(|v| ModelVersionStatus {
+                    version: v.version as i64,
+                    state: v.state as i32,
+                    status: Some(StatusProto {
+                        error_code: ErrorCode::from_str_name(code_name(v.error_code))
+                            .unwrap_or(ErrorCode::Unknown) as i32,
+                        error_message: v.error_message,
+                    }),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The instances of a DT_STRING tensor of shape `[n]`: `string_val` holds base64 text or raw image bytes.
+/// One value with `n > 1` is broadcast, as TensorProto's rules allow.
+fn string_instances(alias: &str, tensor: &TensorProto) -> Result<Vec<Vec<u8>>, ServeError> {
+    let invalid = |reason: String| ServeError::InvalidArgument(format!("input '{alias}': {reason}"));
+    if tensor.dtype != DataType::DtString as i32 {
+        let dtype = DataType::try_from(tensor.dtype)
+            .map_or_else(|_| tensor.dtype.to_string(), |d| d.as_str_name().to_owned());
+        return Err(invalid(format!("expects dtype DT_STRING but {dtype} is provided")));
+    }
+    let dims: Vec<i64> =
+        tensor.tensor_shape.as_ref().map(|s| s.dim.iter().map(|d| d.size).collect()).unwrap_or_default();
+    let [n] = dims[..] else {
+        return Err(invalid(format!(
+            "the signature takes shape [-1] (one string per image), the request has shape {dims:?}"
+        )));
+    };
+    let n = usize::try_from(n).map_err(|_| invalid(format!("dimension {n} is negative")))?;
+    match tensor.string_val.len() {
+        len if len == n => Ok(tensor.string_val.clone()),
+        1 => Ok(vec![tensor.string_val[0].clone(); n]),
+        len => Err(invalid(format!("shape [{n}] needs {n} string_val entries, the request has {len}"))),
+    }
+}
+
+fn unimplemented(api: &str) -> Status {
+    Status::unimplemented(format!(
+        "{api} is not implemented by kiln: it takes tf.Example input, kiln models take images through Predict"
+    ))
+}
+
+#[tonic::async_trait]
+impl PredictionService for GrpcState {
+    async fn classify(
+        &self,
+        _: Request<ClassificationRequest>,
+    ) -> Result<Response<ClassificationResponse>, Status> {
+        Err(unimplemented("Classify"))
+    }
+
+    async fn regress(&self, _: Request<RegressionRequest>) -> Result<Response<RegressionResponse>, Status> {
+        Err(unimplemented("Regress"))
+    }
+
+    async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let model = request.model_spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let result = self.predict_inner(request).await;
+        self.record(&model, Api::Predict, started, result)
+    }
+
+    async fn multi_inference(
+        &self,
+        _: Request<MultiInferenceRequest>,
+    ) -> Result<Response<MultiInferenceResponse>, Status> {
+        Err(unimplemented("MultiInference"))
+    }
+
+    async fn get_model_metadata(
+        &self,
+        request: Request<GetModelMetadataRequest>,
+    ) -> Result<Response<GetModelMetadataResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let model = request.model_spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let result = self.metadata_inner(request);
+        self.record(&model, Api::GetModelMetadata, started, result)
+    }
+}
+
+#[tonic::async_trait]
+impl ModelService for GrpcState {
+    async fn get_model_status(
+        &self,
+        request: Request<GetModelStatusRequest>,
+    ) -> Result<Response<GetModelStatusResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let model = request.model_spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let result = self.status_inner(request);
+        self.record(&model, Api::GetModelStatus, started, result)
+    }
+
+    async fn handle_reload_config_request(
+        &self,
+        _: Request<ReloadConfigRequest>,
+    ) -> Result<Response<ReloadConfigResponse>, Status> {
+        Err(Status::unimplemented(
+            "HandleReloadConfigRequest is not implemented by kiln: restart kiln serve with the new --model_config_file",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(dims: &[i64], values: &[&str]) -> TensorProto {
+        TensorProto {
+            dtype: DataType::DtString as i32,
+            tensor_shape: Some(TensorShapeProto {
+                dim: dims.iter().map(|&size| tensor_shape_proto::Dim { size, name: String::new() }).collect(),
+                unknown_rank: false,
+            }),
+            string_val: values.iter().map(|v| v.as_bytes().to_vec()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn string_tensors_follow_shape_and_broadcast_rules() -> Result<(), ServeError> {
+        assert_eq!(string_instances("x", &strings(&[2], &["a", "b"]))?, [b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(string_instances("x", &strings(&[3], &["a"]))?, vec![b"a".to_vec(); 3]);
+        let err = string_instances("x", &strings(&[3], &["a", "b"])).err().map(|e| e.message().to_owned());
+        assert_eq!(
+            err.as_deref(),
+            Some("input 'x': shape [3] needs 3 string_val entries, the request has 2")
+        );
+        assert!(string_instances("x", &strings(&[1, 1], &["a"])).is_err());
+        assert!(string_instances("x", &strings(&[], &["a"])).is_err());
+        let mut floats = strings(&[1], &[]);
+        floats.dtype = DataType::DtFloat as i32;
+        let err = string_instances("x", &floats).err().map(|e| e.message().to_owned());
+        assert_eq!(err.as_deref(), Some("input 'x': expects dtype DT_STRING but DT_FLOAT is provided"));
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+//! `kiln serve`'s server: TF Serving's REST and gRPC APIs over kiln artifacts.
+//!
+//! A drop-in for `tensorflow_model_server`: the same REST paths and JSON, the same gRPC services and
+//! field numbers (`proto/`), the same flags' meaning (`--model_config_file`, batching and monitoring
+//! files in TF's text format), with what TF Serving lacks added: model-aware readiness (`/readyz`),
+//! liveness (`/healthz`), a body limit answered with 413, and load shedding with 429.
+//!
+//! Data path: [`Server`] binds axum (REST) and tonic (gRPC) listeners that share one model table. One
+//! watcher thread per model polls its base path and loads, warms up and unloads versions. Each loaded
+//! version owns a batching queue whose dedicated thread decodes images and runs the graph, so the async
+//! executor never does CPU-heavy work.
+//!
+//! ```no_run
+//! use serve::{ModelConfig, Server, ServerOptions};
+//! # async fn run() -> Result<(), serve::ServerError> {
+//! let mut options = ServerOptions::new(vec![ModelConfig::new("vit", "/models/vit")]);
+//! options.rest_addr = Some("127.0.0.1:0".parse().expect("address"));
+//! let server = Server::start(options).await?;
+//! println!("REST on {:?}", server.rest_addr());
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod batch;
+mod config;
+mod error;
+mod grpc;
+mod metrics;
+mod rest;
+mod server;
+mod signature;
+mod table;
+mod textproto;
+mod watcher;
+
+/// Protobuf types and gRPC stubs generated from `proto/` (TF Serving's packages), for clients and tests.
+pub mod proto {
+    /// Package `tensorflow`: tensors, shapes, signatures.
+    #[allow(missing_docs, clippy::all)]
+    pub mod tensorflow {
+        tonic::include_proto!("tensorflow");
+        /// Package `tensorflow.error`: status codes.
+        pub mod error {
+            tonic::include_proto!("tensorflow.error");
+        }
+        /// Package `tensorflow.serving`: the serving APIs.
+        pub mod serving {
+            tonic::include_proto!("tensorflow.serving");
+        }
+    }
+}
+
+pub use config::{
+    BatchingParameters, ConfigError, DEFAULT_PROMETHEUS_PATH, ModelConfig, MonitoringConfig, VersionPolicy,
+    read_batching_parameters, read_model_config, read_monitoring_config,
+};
+pub use error::ServeError;
+pub use rest::DEFAULT_MAX_BODY_BYTES;
+pub use server::{Server, ServerError, ServerOptions, UNBATCHED_QUEUE_CAPACITY};
+pub use table::{VersionChoice, VersionState, VersionStatus};

@@ -1,0 +1,195 @@
+//! Prometheus metrics, named as TF Serving exports them where TF has an equivalent.
+//!
+//! TF monitoring names (`/tensorflow/serving/request_count`) become Prometheus names by turning every
+//! character outside `[a-zA-Z0-9_]` into `:`, so dashboards built on TF Serving keep working. Metrics TF
+//! lacks (queue depth, load time) are prefixed `kiln_`. Each server owns its registry, so several servers
+//! in one process (tests) do not mix counts.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Which API a request used, as TF's `API` label spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    Predict,
+    GetModelMetadata,
+    GetModelStatus,
+}
+
+impl Api {
+    fn name(self) -> &'static str {
+        match self {
+            Api::Predict => "predict",
+            Api::GetModelMetadata => "get_model_metadata",
+            Api::GetModelStatus => "get_model_status",
+        }
+    }
+}
+
+/// Which transport a request came in on (TF's `entrypoint` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entrypoint {
+    Rest,
+    Grpc,
+}
+
+impl Entrypoint {
+    fn name(self) -> &'static str {
+        match self {
+            Entrypoint::Rest => "REST",
+            Entrypoint::Grpc => "GRPC",
+        }
+    }
+}
+
+/// Every metric the server records.
+pub(crate) struct Metrics {
+    registry: Registry,
+    request_count: IntCounterVec,
+    request_latency: HistogramVec,
+    batch_size: HistogramVec,
+    abandoned: IntCounterVec,
+    queue_depth: IntGaugeVec,
+    load_seconds: HistogramVec,
+    warmup_latency: HistogramVec,
+    load_attempts: IntCounterVec,
+}
+
+/// Latency buckets in microseconds, 100 µs to 60 s.
+const LATENCY_BUCKETS_US: &[f64] =
+    &[100.0, 250.0, 500.0, 1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7, 3e7, 6e7];
+
+impl Metrics {
+    pub(crate) fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let request_count = IntCounterVec::new(
+            Opts::new(":tensorflow:serving:request_count", "The total number of requests."),
+            &["model_name", "API", "entrypoint", "status"],
+        )?;
+        let request_latency = HistogramVec::new(
+            HistogramOpts::new(
+                ":tensorflow:serving:request_latency",
+                "Distribution of wall time (in microseconds) for requests.",
+            )
+            .buckets(LATENCY_BUCKETS_US.to_vec()),
+            &["model_name", "API", "entrypoint"],
+        )?;
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new(
+                ":tensorflow:serving:batching_session:processed_batch_size",
+                "Instances per batch run by the graph.",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+            &["model_name"],
+        )?;
+        let abandoned = IntCounterVec::new(
+            Opts::new(
+                "kiln_abandoned_requests_total",
+                "Queued requests dropped because their client had gone.",
+            ),
+            &["model_name"],
+        )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("kiln_queue_depth", "Instances waiting in a version's batch queue."),
+            &["model_name", "version"],
+        )?;
+        let load_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "kiln_model_load_seconds",
+                "Time to verify, compile and warm up a model version.",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            &["model_name"],
+        )?;
+        let warmup_latency = HistogramVec::new(
+            HistogramOpts::new(
+                ":tensorflow:serving:model_warmup_latency",
+                "Distribution of wall time (in microseconds) for warming up the model.",
+            )
+            .buckets(LATENCY_BUCKETS_US.to_vec()),
+            &["model_path", "status"],
+        )?;
+        let load_attempts = IntCounterVec::new(
+            Opts::new(
+                ":tensorflow:core:load_attempt_count",
+                "The number of times a SavedModel was attempted to load.",
+            ),
+            &["model_path", "status"],
+        )?;
+        registry.register(Box::new(request_count.clone()))?;
+        registry.register(Box::new(request_latency.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
+        registry.register(Box::new(abandoned.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(load_seconds.clone()))?;
+        registry.register(Box::new(warmup_latency.clone()))?;
+        registry.register(Box::new(load_attempts.clone()))?;
+        Ok(Metrics {
+            registry,
+            request_count,
+            request_latency,
+            batch_size,
+            abandoned,
+            queue_depth,
+            load_seconds,
+            warmup_latency,
+            load_attempts,
+        })
+    }
+
+    /// Records one finished request; `status` is the TF code name (`OK`, `INVALID_ARGUMENT`, ...).
+    pub(crate) fn observe_request(
+        &self,
+        model: &str,
+        api: Api,
+        entrypoint: Entrypoint,
+        status: &str,
+        elapsed: Duration,
+    ) {
+        let (api, entrypoint) = (api.name(), entrypoint.name());
+        self.request_count.with_label_values(&[model, api, entrypoint, status]).inc();
+        self.request_latency
+            .with_label_values(&[model, api, entrypoint])
+            .observe(elapsed.as_secs_f64() * 1e6);
+    }
+
+    pub(crate) fn observe_batch(&self, model: &str, size: usize) {
+        self.batch_size.with_label_values(&[model]).observe(size as f64);
+    }
+
+    pub(crate) fn count_abandoned(&self, model: &str) {
+        self.abandoned.with_label_values(&[model]).inc();
+    }
+
+    pub(crate) fn set_queue_depth(&self, model: &str, version: u64, depth: usize) {
+        self.queue_depth
+            .with_label_values(&[model, &version.to_string()])
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn observe_load(&self, model: &str, path: &str, ok: bool, elapsed: Duration) {
+        self.load_attempts.with_label_values(&[path, if ok { "success" } else { "fail" }]).inc();
+        if ok {
+            self.load_seconds.with_label_values(&[model]).observe(elapsed.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn observe_warmup(&self, path: &str, ok: bool, elapsed: Duration) {
+        self.warmup_latency
+            .with_label_values(&[path, if ok { "OK" } else { "FAILED" }])
+            .observe(elapsed.as_secs_f64() * 1e6);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub(crate) fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails for metric families prometheus itself produced inconsistently.
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("cannot encode metrics: {error}");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}

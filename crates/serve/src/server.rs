@@ -1,0 +1,293 @@
+//! Starting, running and stopping the whole server: listeners, watchers and shutdown order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runtime::RuntimeOptions;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+
+use crate::batch::BatchOptions;
+use crate::config::{BatchingParameters, ConfigError, ModelConfig, MonitoringConfig};
+use crate::grpc::GrpcState;
+use crate::metrics::Metrics;
+use crate::proto::tensorflow::serving::model_service_server::ModelServiceServer;
+use crate::proto::tensorflow::serving::prediction_service_server::PredictionServiceServer;
+use crate::rest::{self, RestOptions, RestState};
+use crate::table::{ModelTable, VersionChoice, VersionStatus};
+use crate::watcher::{ModelWatcher, WatchContext};
+
+/// Requests (of any size) one version's queue holds when batching is off: enough to absorb bursts, small
+/// enough that a client far over capacity hears 429 in milliseconds rather than waiting minutes.
+pub const UNBATCHED_QUEUE_CAPACITY: usize = 256;
+
+/// TF Serving's server-side message limit, both directions (INT32_MAX).
+const MAX_GRPC_MESSAGE_BYTES: usize = i32::MAX as usize;
+
+/// How often the gRPC health service re-reads model readiness.
+const HEALTH_REFRESH: Duration = Duration::from_millis(200);
+
+/// Everything a server is configured with; [`ServerOptions::new`] gives TF Serving's defaults.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The models to serve.
+    pub models: Vec<ModelConfig>,
+    /// gRPC listen address; `None` disables gRPC, port 0 picks a free port.
+    pub grpc_addr: Option<SocketAddr>,
+    /// REST listen address; `None` disables REST, port 0 picks a free port.
+    pub rest_addr: Option<SocketAddr>,
+    /// Per-REST-request deadline (`--rest_api_timeout_in_ms`, 30 s).
+    pub rest_timeout: Duration,
+    /// Largest REST body, compressed or inflated (100 MiB); larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// How often base paths are polled for versions; zero polls once (`--file_system_poll_wait_seconds`).
+    pub poll_interval: Duration,
+    /// Merge concurrent requests into batches with these parameters; `None` runs each request alone.
+    pub batching: Option<BatchingParameters>,
+    /// Where Prometheus metrics are served.
+    pub monitoring: MonitoringConfig,
+    /// Per-model runtime options (image limits, threads).
+    pub runtime: RuntimeOptions,
+}
+
+impl ServerOptions {
+    /// TF Serving's defaults for `models`, listening on all interfaces at 8500 (gRPC) and 8501 (REST).
+    pub fn new(models: Vec<ModelConfig>) -> Self {
+        ServerOptions {
+            models,
+            grpc_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8500))),
+            rest_addr: Some(SocketAddr::from(([0, 0, 0, 0], 8501))),
+            rest_timeout: Duration::from_millis(30_000),
+            max_body_bytes: rest::DEFAULT_MAX_BODY_BYTES,
+            poll_interval: Duration::from_secs(1),
+            batching: None,
+            monitoring: MonitoringConfig::default(),
+            runtime: RuntimeOptions::default(),
+        }
+    }
+
+    fn batch_options(&self) -> BatchOptions {
+        match &self.batching {
+            Some(params) => BatchOptions {
+                max_batch_size: params.max_batch_size,
+                timeout: params.batch_timeout,
+                capacity: params.max_enqueued_batches.saturating_mul(params.max_batch_size),
+                decode_threads: params.num_batch_threads,
+            },
+            None => BatchOptions {
+                max_batch_size: 1,
+                timeout: Duration::ZERO,
+                capacity: UNBATCHED_QUEUE_CAPACITY,
+                decode_threads: self.runtime.threads,
+            },
+        }
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The options are contradictory or empty.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} for {api}")]
+    Bind {
+        /// `gRPC` or `REST`.
+        api: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread could not be started or the metrics registry refused a metric.
+    #[error("cannot start the server: {0}")]
+    Start(String),
+}
+
+/// A running server. Stop it with [`Server::shutdown`], which drains in-flight requests.
+pub struct Server {
+    table: Arc<ModelTable>,
+    grpc_addr: Option<SocketAddr>,
+    rest_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    watchers: Vec<ModelWatcher>,
+}
+
+impl Server {
+    /// Binds the listeners, starts one watcher per model and returns at once; versions become
+    /// AVAILABLE in the background (see [`Server::is_ready`]). Must run inside a tokio runtime.
+    pub async fn start(options: ServerOptions) -> Result<Server, ServerError> {
+        if options.models.is_empty() {
+            return Err(ConfigError::Flags(
+                "no model to serve: pass --model_name and --model_base_path, or --model_config_file".into(),
+            )
+            .into());
+        }
+        if options.grpc_addr.is_none() && options.rest_addr.is_none() {
+            return Err(
+                ConfigError::Flags("both gRPC and REST are disabled: nothing to serve on".into()).into()
+            );
+        }
+        let table = Arc::new(ModelTable::default());
+        let metrics = Arc::new(Metrics::new().map_err(|e| ServerError::Start(e.to_string()))?);
+        let (stop, stopped) = watch::channel(false);
+        let shutdown_signal = |mut stopped: watch::Receiver<bool>| async move {
+            // An error means the sender is gone, which also means stop.
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let mut tasks = Vec::new();
+
+        let mut grpc_addr = None;
+        if let Some(addr) = options.grpc_addr {
+            let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+                api: "gRPC",
+                addr,
+                source,
+            })?;
+            let bound =
+                listener.local_addr().map_err(|source| ServerError::Bind { api: "gRPC", addr, source })?;
+            let state = GrpcState { table: table.clone(), metrics: metrics.clone() };
+            let (health, health_service) = tonic_health::server::health_reporter();
+            tasks.push(tokio::spawn(report_health(health, table.clone(), stopped.clone())));
+            let router = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(
+                    PredictionServiceServer::new(state.clone())
+                        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+                )
+                .add_service(
+                    ModelServiceServer::new(state)
+                        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+                );
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let signal = shutdown_signal(stopped.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = router.serve_with_incoming_shutdown(incoming, signal).await {
+                    tracing::error!("gRPC server failed: {error}");
+                }
+            }));
+            tracing::info!("Running gRPC ModelServer at {bound} ...");
+            grpc_addr = Some(bound);
+        }
+
+        let mut rest_addr = None;
+        if let Some(addr) = options.rest_addr {
+            let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+                api: "REST",
+                addr,
+                source,
+            })?;
+            let bound =
+                listener.local_addr().map_err(|source| ServerError::Bind { api: "REST", addr, source })?;
+            let state = Arc::new(RestState {
+                table: table.clone(),
+                metrics: metrics.clone(),
+                options: RestOptions {
+                    timeout: options.rest_timeout,
+                    max_body_bytes: options.max_body_bytes,
+                    monitoring: options.monitoring.clone(),
+                },
+            });
+            let signal = shutdown_signal(stopped.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) =
+                    axum::serve(listener, rest::router(state)).with_graceful_shutdown(signal).await
+                {
+                    tracing::error!("REST server failed: {error}");
+                }
+            }));
+            tracing::info!("Exporting HTTP/REST API at:{bound} ...");
+            rest_addr = Some(bound);
+        }
+
+        let context = WatchContext {
+            table: table.clone(),
+            metrics,
+            batch: options.batch_options(),
+            runtime: options.runtime.clone(),
+            poll_interval: options.poll_interval,
+        };
+        let mut watchers = Vec::new();
+        for model in &options.models {
+            let watcher = ModelWatcher::start(model.clone(), context.clone())
+                .map_err(|e| ServerError::Start(e.to_string()))?;
+            watchers.push(watcher);
+        }
+        Ok(Server { table, grpc_addr, rest_addr, stop, tasks, watchers })
+    }
+
+    /// The bound gRPC address (with the real port when 0 was asked for).
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
+    }
+
+    /// The bound REST address.
+    pub fn rest_addr(&self) -> Option<SocketAddr> {
+        self.rest_addr
+    }
+
+    /// True once every configured model has an AVAILABLE version (what `/readyz` reports).
+    pub fn is_ready(&self) -> bool {
+        let models = self.table.readiness();
+        !models.is_empty() && models.iter().all(|(_, ready)| *ready)
+    }
+
+    /// Every version of `model` and its state, as GetModelStatus reports them (newest first).
+    pub fn model_status(&self, model: &str) -> Vec<VersionStatus> {
+        self.table.status(model, &VersionChoice::Latest).unwrap_or_default()
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, then unloads every version.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down: draining in-flight requests");
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            if let Err(error) = task.await {
+                tracing::error!("server task failed: {error}");
+            }
+        }
+        let watchers = self.watchers;
+        // Unloading joins threads; keep that off the async executor.
+        let joined =
+            tokio::task::spawn_blocking(move || watchers.into_iter().for_each(ModelWatcher::stop)).await;
+        if let Err(error) = joined {
+            tracing::error!("unloading models failed: {error}");
+        }
+        tracing::info!("server stopped");
+    }
+}
+
+/// Keeps grpc.health.v1 in step with the models: the overall service ("") and both TF services are
+/// SERVING once every model has an AVAILABLE version, NOT_SERVING before (TF reports SERVING always,
+/// which makes the probe useless for readiness).
+async fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    table: Arc<ModelTable>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        let models = table.readiness();
+        let ready = !models.is_empty() && models.iter().all(|(_, r)| *r);
+        if last != Some(ready) {
+            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for service in ["", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"] {
+                reporter.set_service_status(service, status).await;
+            }
+            last = Some(ready);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_REFRESH) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Version lifecycle through a running server: routing by version and label, hot-load while serving,
+//! corrupt and deleted versions, a model config file with several models, and draining on shutdown.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use serde_json::json;
+use serve::proto::tensorflow::serving::model_spec;
+use serve::{ModelConfig, VersionState, read_model_config};
+use support::{
+    Fixture, TestResult, TestServer, b64, export_version, image, options, predict_request, publish_copy,
+    serve_fixture,
+};
+
+/// The version a gRPC predict was answered by.
+async fn served_version(server: &TestServer, model: &str, version: Option<i64>) -> TestResult<i64> {
+    let input = b64(&image("rocket.jpg")?);
+    let response = server
+        .grpc_client()
+        .await?
+        .predict(predict_request(model, version, &[input.as_bytes()]))
+        .await?
+        .into_inner();
+    match response.model_spec.and_then(|s| s.version_choice) {
+        Some(model_spec::VersionChoice::Version(v)) => Ok(v),
+        other => Err(format!("no version echoed: {other:?}").into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_version_hot_loads_while_requests_flow_then_old_unloads() -> TestResult {
+    let base = tempfile::tempdir()?;
+    let v1 = export_version(base.path(), 1)?;
+    let server = Arc::new(TestServer::start(options(vec![ModelConfig::new("vit", base.path())])).await?);
+    server.wait_for("vit", 1, VersionState::Available).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let body = json!({"instances": [b64(&image("chelsea.jpg")?)]});
+    let load = {
+        let (server, stop, sent, failed) = (server.clone(), stop.clone(), sent.clone(), failed.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let ok = matches!(server.post("/v1/models/vit:predict", &body).await, Ok((200, _)));
+                sent.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    publish_copy(&v1, base.path(), 2)?;
+    server.wait_for("vit", 2, VersionState::Available).await?;
+    server.wait_for("vit", 1, VersionState::End).await?;
+    assert_eq!(served_version(&server, "vit", None).await?, 2);
+    stop.store(true, Ordering::Relaxed);
+    load.await?;
+    assert!(sent.load(Ordering::Relaxed) > 0);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during the version switch");
+
+    let (status, answer) = server.get("/v1/models/vit").await?;
+    assert_eq!(status, 200);
+    let states: Vec<(String, String)> = answer["model_version_status"]
+        .as_array()
+        .ok_or("no list")?
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_str().unwrap_or_default().to_owned(),
+                v["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(states, [("2".into(), "AVAILABLE".into()), ("1".into(), "END".into())]);
+
+    // Deleting the serving version unloads it and the remaining one comes back under latest-1.
+    publish_copy(&v1, base.path(), 3)?;
+    server.wait_for("vit", 3, VersionState::Available).await?;
+    std::fs::remove_dir_all(base.path().join("3"))?;
+    server.wait_for("vit", 3, VersionState::End).await?;
+    server.wait_for("vit", 2, VersionState::Available).await?;
+    assert_eq!(served_version(&server, "vit", None).await?, 2);
+    Arc::try_unwrap(server).map_err(|_| "server still shared")?.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_new_version_is_reported_and_old_keeps_serving() -> TestResult {
+    let Fixture { base, dir: v1, server } = serve_fixture(1, |_| {}).await?;
+
+    // A copy whose graph has one flipped byte: the digest check refuses it.
+    let staging = tempfile::tempdir()?;
+    let broken = publish_copy(&v1, staging.path(), 2)?;
+    let graph = broken.join(export::GRAPH_FILE);
+    let mut bytes = std::fs::read(&graph)?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&graph, bytes)?;
+    publish_copy(&broken, base.path(), 2)?;
+
+    server.wait_for("vit", 2, VersionState::End).await?;
+    let (status, answer) = server.get("/v1/models/vit/versions/2").await?;
+    assert_eq!(status, 200);
+    let version = &answer["model_version_status"][0];
+    assert_eq!(version["state"], "END");
+    assert_eq!(version["status"]["error_code"], "DATA_LOSS");
+    assert!(
+        version["status"]["error_message"].as_str().is_some_and(|m| m.contains("is corrupt")),
+        "{answer}"
+    );
+    assert_eq!(served_version(&server, "vit", None).await?, 1);
+    let (status, _) =
+        server.post("/v1/models/vit:predict", &json!({"instances": [b64(&image("rocket.jpg")?)]})).await?;
+    assert_eq!(status, 200);
+    assert!(server.server.is_ready());
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_serves_several_models_with_policies_and_labels() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let (vit, other) = (root.path().join("vit"), root.path().join("other"));
+    std::fs::create_dir_all(&other)?;
+    let v1 = export_version(&vit, 1)?;
+    publish_copy(&v1, &vit, 2)?;
+    publish_copy(&v1, &other, 7)?;
+    let config = root.path().join("models.config");
+    std::fs::write(
+        &config,
+        format!(
+            "model_config_list {{\n  config {{\n    name: 'vit'\n    base_path: '{}'\n    model_platform: 'tensorflow'\n    \
+             model_version_policy {{ all {{}} }}\n    version_labels {{ key: 'stable' value: 1 }}\n    \
+             version_labels {{ key: 'canary' value: 2 }}\n  }}\n  config {{ name: 'other' base_path: '{}' }}\n}}\n",
+            vit.display(),
+            other.display()
+        ),
+    )?;
+    let server = TestServer::start(options(read_model_config(&config)?)).await?;
+    for (model, version) in [("vit", 1), ("vit", 2), ("other", 7)] {
+        server.wait_for(model, version, VersionState::Available).await?;
+    }
+    assert_eq!(served_version(&server, "vit", None).await?, 2);
+    assert_eq!(served_version(&server, "vit", Some(1)).await?, 1);
+    assert_eq!(served_version(&server, "other", None).await?, 7);
+    let mut client = server.grpc_client().await?;
+    let input = b64(&image("rocket.jpg")?);
+    let mut request = predict_request("vit", None, &[input.as_bytes()]);
+    request.model_spec.as_mut().ok_or("no spec")?.version_choice =
+        Some(model_spec::VersionChoice::VersionLabel("stable".into()));
+    let response = client.predict(request).await?.into_inner();
+    assert_eq!(
+        response.model_spec.and_then(|s| s.version_choice),
+        Some(model_spec::VersionChoice::Version(1))
+    );
+
+    let body = json!({"instances": [input]});
+    for path in [
+        "/v1/models/vit/labels/canary:predict",
+        "/v1/models/vit/versions/1:predict",
+        "/v1/models/other:predict",
+    ] {
+        let (status, answer) = server.post(path, &body).await?;
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+    let (status, answer) = server.get("/v1/models/vit/labels/stable").await?;
+    assert_eq!((status, answer["model_version_status"][0]["version"].clone()), (200, json!("1")));
+    let (status, answer) = server.get("/v1/models/vit").await?;
+    assert_eq!((status, answer["model_version_status"].as_array().map(Vec::len)), (200, Some(2)));
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_requests() -> TestResult {
+    let Fixture { base: _base, dir: _dir, server } = serve_fixture(1, |_| {}).await?;
+    let body = json!({"instances": vec![b64(&image("large-2400x2093.jpg")?); 6]});
+    let request = server.http.post(format!("{}/v1/models/vit:predict", server.rest)).json(&body).send();
+    let in_flight = tokio::spawn(request);
+    // Let the request reach the batch thread, then stop the server while it decodes.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.server.shutdown().await;
+    let response = in_flight.await??;
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: serde_json::Value = response.json().await?;
+    assert_eq!(answer["predictions"].as_array().map(Vec::len), Some(6));
+    Ok(())
+}

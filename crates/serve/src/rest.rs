@@ -71,7 +71,8 @@ pub(crate) fn router(state: Arc<RestState>) -> axum::Router {
 async fn dispatch(State(state): State<Arc<RestState>>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
-    if path.len() >= 3 && path[..3].eq_ignore_ascii_case("/v1") {
+    // TF's dispatcher only takes `(?i)/v1/.*`; everything else falls through to the other handlers.
+    if path.get(..4).is_some_and(|prefix| prefix.eq_ignore_ascii_case("/v1/")) {
         let started = Instant::now();
         let timeout = state.options.timeout;
         let mut call = Call { model: String::new(), api: None };

@@ -20,8 +20,8 @@ use crate::rest::{self, RestOptions, RestState};
 use crate::table::{ModelTable, VersionChoice, VersionStatus};
 use crate::watcher::{ModelWatcher, WatchContext};
 
-/// Requests (of any size) one version's queue holds when batching is off: enough to absorb bursts, small
-/// enough that a client far over capacity hears 429 in milliseconds rather than waiting minutes.
+/// Instances one version's queue holds when batching is off: enough to absorb bursts, small enough that a
+/// client far over capacity hears 429 in milliseconds rather than waiting minutes.
 pub const UNBATCHED_QUEUE_CAPACITY: usize = 256;
 
 /// TF Serving's server-side message limit, both directions (INT32_MAX).

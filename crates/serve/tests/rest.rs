@@ -61,6 +61,20 @@ async fn predict_accepts_both_layouts_and_both_base64_forms() -> TestResult {
         );
     }
 
+    // A gzip body is inflated, as TF Serving does.
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gzip, &serde_json::to_vec(&json!({"instances": [b64(&cat)]}))?)?;
+    let response = server
+        .http
+        .post(format!("{}/v1/models/vit:predict", server.rest))
+        .header("content-encoding", "gzip")
+        .body(gzip.finish()?)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value = response.json().await?;
+    assert_eq!(answer["predictions"][0]["label"], expected_cat.label.as_str());
+
     // Version and label paths, case-insensitive.
     let body = json!({"instances": [b64(&cat)]});
     let (status, answer) = server.post("/V1/MODELS/vit/versions/1:PREDICT", &body).await?;
@@ -128,8 +142,10 @@ async fn errors_use_tf_messages_and_status_codes() -> TestResult {
         server.get("/v1/models/vit:predict").await?,
         (400, json!({"error": "Malformed request: GET /v1/models/vit:predict"}))
     );
-    let response = server.http.get(format!("{}/elsewhere", server.rest)).send().await?;
-    assert_eq!(response.status().as_u16(), 404);
+    for path in ["/elsewhere", "/v1x/models/vit", "/v1"] {
+        let response = server.http.get(format!("{}{path}", server.rest)).send().await?;
+        assert_eq!(response.status().as_u16(), 404, "{path}");
+    }
     server.server.shutdown().await;
     Ok(())
 }

@@ -2,8 +2,8 @@
 //!
 //! Requests are validated with TF Serving's messages (predict_util.cc), then go through the same
 //! [`ModelTable`] and batch queues as REST. Classify, Regress and MultiInference take tf.Example input,
-//! which an image model has no use for; they answer UNIMPLEMENTED saying so, as does
-//! HandleReloadConfigRequest (kiln reads its model config at start).
+//! which an image model has no use for; they answer UNIMPLEMENTED saying so. HandleReloadConfigRequest
+//! replaces the served model set as TF Serving does.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::batch::JobError;
+use crate::config::{ModelConfig, VersionPolicy};
 use crate::error::{ServeError, code_name};
 use crate::metrics::{Api, Entrypoint, Metrics};
 use crate::proto::tensorflow::error::Code as ErrorCode;
@@ -19,13 +20,15 @@ use crate::proto::tensorflow::serving::model_service_server::ModelService;
 use crate::proto::tensorflow::serving::prediction_service_server::PredictionService;
 use crate::proto::tensorflow::serving::{
     ClassificationRequest, ClassificationResponse, GetModelMetadataRequest, GetModelMetadataResponse,
-    GetModelStatusRequest, GetModelStatusResponse, ModelSpec, ModelVersionStatus, MultiInferenceRequest,
-    MultiInferenceResponse, PredictRequest, PredictResponse, RegressionRequest, RegressionResponse,
-    ReloadConfigRequest, ReloadConfigResponse, StatusProto, model_spec,
+    GetModelStatusRequest, GetModelStatusResponse, ModelServerConfig, ModelSpec, ModelVersionStatus,
+    MultiInferenceRequest, MultiInferenceResponse, PredictRequest, PredictResponse, RegressionRequest,
+    RegressionResponse, ReloadConfigRequest, ReloadConfigResponse, StatusProto, model_server_config,
+    model_spec,
 };
 use crate::proto::tensorflow::{DataType, TensorProto, TensorShapeProto, tensor_shape_proto};
 use crate::signature::{self, OutputKind, OutputValue, SignaturePlan};
 use crate::table::{ModelTable, VersionChoice};
+use crate::watcher::ModelSet;
 
 /// The type URL GetModelMetadata packs the `SignatureDefMap` under.
 const SIGNATURE_DEF_MAP_URL: &str = "type.googleapis.com/tensorflow.serving.SignatureDefMap";
@@ -35,6 +38,7 @@ const SIGNATURE_DEF_MAP_URL: &str = "type.googleapis.com/tensorflow.serving.Sign
 pub(crate) struct GrpcState {
     pub(crate) table: Arc<ModelTable>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) models: Arc<ModelSet>,
 }
 
 fn model_spec(spec: Option<ModelSpec>) -> Result<(String, VersionChoice, String), ServeError> {
@@ -222,6 +226,55 @@ fn string_instances(alias: &str, tensor: &TensorProto) -> Result<Vec<Vec<u8>>, S
     }
 }
 
+/// A reload request's `model_config_list` as kiln's model configs, checked like a config file.
+fn model_configs(config: Option<ModelServerConfig>) -> Result<Vec<ModelConfig>, ServeError> {
+    use crate::proto::tensorflow::serving::file_system_storage_path_source_config::servable_version_policy::PolicyChoice;
+    let invalid = ServeError::InvalidArgument;
+    let list = match config.and_then(|c| c.config) {
+        Some(model_server_config::Config::ModelConfigList(list)) => list,
+        Some(model_server_config::Config::CustomModelConfig(_)) => {
+            return Err(invalid(
+                "custom_model_config is not supported by kiln; send a model_config_list".into(),
+            ));
+        }
+        None => return Err(invalid("ReloadConfigRequest.config has no model_config_list".into())),
+    };
+    let version = |v: i64, name: &str| {
+        u64::try_from(v).map_err(|_| invalid(format!("model {name}: version {v} is negative")))
+    };
+    let mut models: Vec<ModelConfig> = Vec::new();
+    for config in list.config {
+        let name = config.name;
+        if name.is_empty() || config.base_path.is_empty() {
+            return Err(invalid(format!("model {name:?}: name and base_path are required")));
+        }
+        if !["", "tensorflow", "kiln"].contains(&config.model_platform.as_str()) {
+            return Err(invalid(format!(
+                "model {name}: model_platform {:?} is not served by kiln",
+                config.model_platform
+            )));
+        }
+        if models.iter().any(|m| m.name == name) {
+            return Err(invalid(format!("model {name} is configured twice")));
+        }
+        let policy = match config.model_version_policy.and_then(|p| p.policy_choice) {
+            None => VersionPolicy::default(),
+            Some(PolicyChoice::Latest(latest)) => VersionPolicy::Latest(latest.num_versions.max(1) as usize),
+            Some(PolicyChoice::All(_)) => VersionPolicy::All,
+            Some(PolicyChoice::Specific(specific)) => VersionPolicy::Specific(
+                specific.versions.iter().map(|&v| version(v, &name)).collect::<Result<_, _>>()?,
+            ),
+        };
+        let labels = config
+            .version_labels
+            .into_iter()
+            .map(|(label, v)| Ok((label, version(v, &name)?)))
+            .collect::<Result<_, ServeError>>()?;
+        models.push(ModelConfig { name, base_path: config.base_path.into(), policy, labels });
+    }
+    Ok(models)
+}
+
 fn unimplemented(api: &str) -> Status {
     Status::unimplemented(format!(
         "{api} is not implemented by kiln: it takes tf.Example input, kiln models take images through Predict"
@@ -283,11 +336,17 @@ impl ModelService for GrpcState {
 
     async fn handle_reload_config_request(
         &self,
-        _: Request<ReloadConfigRequest>,
+        request: Request<ReloadConfigRequest>,
     ) -> Result<Response<ReloadConfigResponse>, Status> {
-        Err(Status::unimplemented(
-            "HandleReloadConfigRequest is not implemented by kiln: restart kiln serve with the new --model_config_file",
-        ))
+        let configs = model_configs(request.into_inner().config)?;
+        let models = self.models.clone();
+        // Dropping a model waits for its in-flight requests: blocking work.
+        tokio::task::spawn_blocking(move || models.apply(configs))
+            .await
+            .map_err(|e| Status::internal(format!("applying the model config failed: {e}")))?
+            .map_err(|e| Status::internal(format!("cannot start a model watcher: {e}")))?;
+        let status = StatusProto { error_code: ErrorCode::Ok as i32, error_message: String::new() };
+        Ok(Response::new(ReloadConfigResponse { status: Some(status), metric: vec![] }))
     }
 }
 

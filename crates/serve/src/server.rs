@@ -1,6 +1,7 @@
 //! Starting, running and stopping the whole server: listeners, watchers and shutdown order.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,14 +12,14 @@ use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 
 use crate::batch::BatchOptions;
-use crate::config::{BatchingParameters, ConfigError, ModelConfig, MonitoringConfig};
+use crate::config::{BatchingParameters, ConfigError, ModelConfig, MonitoringConfig, read_model_config};
 use crate::grpc::GrpcState;
 use crate::metrics::Metrics;
 use crate::proto::tensorflow::serving::model_service_server::ModelServiceServer;
 use crate::proto::tensorflow::serving::prediction_service_server::PredictionServiceServer;
 use crate::rest::{self, RestOptions, RestState};
 use crate::table::{ModelTable, VersionChoice, VersionStatus};
-use crate::watcher::{ModelWatcher, WatchContext};
+use crate::watcher::{ModelSet, WatchContext};
 
 /// Instances one version's queue holds when batching is off: enough to absorb bursts, small enough that a
 /// client far over capacity hears 429 in milliseconds rather than waiting minutes.
@@ -47,6 +48,10 @@ pub struct ServerOptions {
     pub poll_interval: Duration,
     /// Merge concurrent requests into batches with these parameters; `None` runs each request alone.
     pub batching: Option<BatchingParameters>,
+    /// The `--model_config_file` the models came from, re-read every `config_file_poll_interval`.
+    pub config_file: Option<PathBuf>,
+    /// How often `config_file` is re-read (`--model_config_file_poll_wait_seconds`); zero reads it once.
+    pub config_file_poll_interval: Duration,
     /// Where Prometheus metrics are served.
     pub monitoring: MonitoringConfig,
     /// Per-model runtime options (image limits, threads).
@@ -64,6 +69,8 @@ impl ServerOptions {
             max_body_bytes: rest::DEFAULT_MAX_BODY_BYTES,
             poll_interval: Duration::from_secs(1),
             batching: None,
+            config_file: None,
+            config_file_poll_interval: Duration::ZERO,
             monitoring: MonitoringConfig::default(),
             runtime: RuntimeOptions::default(),
         }
@@ -117,7 +124,7 @@ pub struct Server {
     rest_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    watchers: Vec<ModelWatcher>,
+    models: Arc<ModelSet>,
 }
 
 impl Server {
@@ -143,6 +150,17 @@ impl Server {
             let _ = stopped.wait_for(|s| *s).await;
         };
         let mut tasks = Vec::new();
+        let context = WatchContext {
+            table: table.clone(),
+            metrics: metrics.clone(),
+            batch: options.batch_options(),
+            runtime: options.runtime.clone(),
+            poll_interval: options.poll_interval,
+        };
+        let models = Arc::new(
+            ModelSet::start(options.models.clone(), context)
+                .map_err(|e| ServerError::Start(e.to_string()))?,
+        );
 
         let mut grpc_addr = None;
         if let Some(addr) = options.grpc_addr {
@@ -153,7 +171,7 @@ impl Server {
             })?;
             let bound =
                 listener.local_addr().map_err(|source| ServerError::Bind { api: "gRPC", addr, source })?;
-            let state = GrpcState { table: table.clone(), metrics: metrics.clone() };
+            let state = GrpcState { table: table.clone(), metrics: metrics.clone(), models: models.clone() };
             let (health, health_service) = tonic_health::server::health_reporter();
             tasks.push(tokio::spawn(report_health(health, table.clone(), stopped.clone())));
             let router = tonic::transport::Server::builder()
@@ -209,20 +227,14 @@ impl Server {
             rest_addr = Some(bound);
         }
 
-        let context = WatchContext {
-            table: table.clone(),
-            metrics,
-            batch: options.batch_options(),
-            runtime: options.runtime.clone(),
-            poll_interval: options.poll_interval,
-        };
-        let mut watchers = Vec::new();
-        for model in &options.models {
-            let watcher = ModelWatcher::start(model.clone(), context.clone())
-                .map_err(|e| ServerError::Start(e.to_string()))?;
-            watchers.push(watcher);
+        if let Some(file) = options.config_file.clone()
+            && !options.config_file_poll_interval.is_zero()
+        {
+            let watch =
+                reread_config(file, options.config_file_poll_interval, models.clone(), stopped.clone());
+            tasks.push(tokio::spawn(watch));
         }
-        Ok(Server { table, grpc_addr, rest_addr, stop, tasks, watchers })
+        Ok(Server { table, grpc_addr, rest_addr, stop, tasks, models })
     }
 
     /// The bound gRPC address (with the real port when 0 was asked for).
@@ -255,14 +267,50 @@ impl Server {
                 tracing::error!("server task failed: {error}");
             }
         }
-        let watchers = self.watchers;
+        let models = self.models;
         // Unloading joins threads; keep that off the async executor.
-        let joined =
-            tokio::task::spawn_blocking(move || watchers.into_iter().for_each(ModelWatcher::stop)).await;
+        let joined = tokio::task::spawn_blocking(move || models.stop_all()).await;
         if let Err(error) = joined {
             tracing::error!("unloading models failed: {error}");
         }
         tracing::info!("server stopped");
+    }
+}
+
+/// Re-reads `--model_config_file` every `interval` and applies it when it changed, as TF Serving's
+/// `--model_config_file_poll_wait_seconds` does; a file that does not parse is logged and skipped.
+async fn reread_config(
+    file: PathBuf,
+    interval: Duration,
+    models: Arc<ModelSet>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let (file, models) = (file.clone(), models.clone());
+        let applied = tokio::task::spawn_blocking(move || {
+            let configs = read_model_config(&file)?;
+            let mut current = models.configs();
+            let mut wanted = configs.clone();
+            current.sort_by(|a, b| a.name.cmp(&b.name));
+            wanted.sort_by(|a, b| a.name.cmp(&b.name));
+            if current != wanted {
+                tracing::info!(file = %file.display(), "model config file changed; applying it");
+                models
+                    .apply(configs)
+                    .map_err(|e| ConfigError::Flags(format!("cannot start a model watcher: {e}")))?;
+            }
+            Ok::<(), ConfigError>(())
+        })
+        .await;
+        match applied {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!("keeping the current models: {error}"),
+            Err(error) => tracing::error!("re-reading the model config failed: {error}"),
+        }
     }
 }
 

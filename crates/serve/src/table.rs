@@ -115,9 +115,14 @@ impl ModelTable {
         self.models.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a model (no versions yet) with its labels.
+    /// Registers a model (no versions yet) or replaces the labels of a registered one.
     pub(crate) fn add_model(&self, name: &str, labels: BTreeMap<String, u64>) {
         self.write().entry(name.to_owned()).or_default().labels = labels;
+    }
+
+    /// Forgets a model that is no longer configured (after its versions were unloaded).
+    pub(crate) fn remove_model(&self, name: &str) {
+        self.write().remove(name);
     }
 
     /// Records a version's state; `error` is set only for failed loads.

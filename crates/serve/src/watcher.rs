@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -43,6 +43,8 @@ struct StopSignal {
 
 /// A running watcher; [`ModelWatcher::stop`] unloads its versions and joins it.
 pub(crate) struct ModelWatcher {
+    config: Arc<RwLock<ModelConfig>>,
+    table: Arc<ModelTable>,
     stop: Arc<StopSignal>,
     thread: Option<JoinHandle<()>>,
 }
@@ -51,10 +53,14 @@ impl ModelWatcher {
     /// Starts polling `config.base_path`.
     pub(crate) fn start(config: ModelConfig, context: WatchContext) -> std::io::Result<ModelWatcher> {
         context.table.add_model(&config.name, config.labels.clone());
+        let table = context.table.clone();
         let stop = Arc::new(StopSignal::default());
         let signal = stop.clone();
-        let thread = std::thread::Builder::new().name(format!("watch-{}", config.name)).spawn(move || {
-            let mut watch = Watch { config, context, failed: BTreeMap::new() };
+        let name = format!("watch-{}", config.name);
+        let shared = Arc::new(RwLock::new(config.clone()));
+        let latest = shared.clone();
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let mut watch = Watch { config, latest, context, failed: BTreeMap::new() };
             loop {
                 watch.poll();
                 if watch.context.poll_interval.is_zero() {
@@ -74,7 +80,19 @@ impl ModelWatcher {
             }
             watch.unload_all();
         })?;
-        Ok(ModelWatcher { stop, thread: Some(thread) })
+        Ok(ModelWatcher { config: shared, table, stop, thread: Some(thread) })
+    }
+
+    /// Replaces the model's base path, version policy and labels; labels apply at once, the rest from
+    /// the next poll, with the same load-before-unload order as new versions.
+    pub(crate) fn update(&self, config: ModelConfig) {
+        self.table.add_model(&config.name, config.labels.clone());
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+
+    /// The configuration in force.
+    pub(crate) fn config(&self) -> ModelConfig {
+        self.config.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Stops polling, unloads every version after its in-flight requests, and waits for that.
@@ -109,7 +127,9 @@ fn fingerprint(dir: &Path) -> Fingerprint {
 }
 
 struct Watch {
+    /// The configuration this poll works with, refreshed from `latest` at the start of each poll.
     config: ModelConfig,
+    latest: Arc<RwLock<ModelConfig>>,
     context: WatchContext,
     /// Versions that failed to load, with the directory fingerprint they failed with.
     failed: BTreeMap<u64, Fingerprint>,
@@ -121,6 +141,7 @@ impl Watch {
     }
 
     fn poll(&mut self) {
+        self.config = self.latest.read().unwrap_or_else(PoisonError::into_inner).clone();
         let base = &self.config.base_path;
         let found = match artifact::list_versions(base) {
             Ok(found) => found,
@@ -283,5 +304,67 @@ impl Watch {
         for version in self.context.table.versions_in(self.name(), VersionState::Available) {
             self.unload(version);
         }
+    }
+}
+
+/// The configured models and their watchers. A config reload replaces the set as a whole, as in TF
+/// Serving: models missing from the new config are unloaded, new ones start loading, changed ones switch
+/// base path, policy and labels without dropping the versions that stay.
+pub(crate) struct ModelSet {
+    context: WatchContext,
+    watchers: Mutex<BTreeMap<String, ModelWatcher>>,
+}
+
+impl ModelSet {
+    /// Starts one watcher per model.
+    pub(crate) fn start(configs: Vec<ModelConfig>, context: WatchContext) -> std::io::Result<ModelSet> {
+        let set = ModelSet { context, watchers: Mutex::new(BTreeMap::new()) };
+        set.apply(configs)?;
+        Ok(set)
+    }
+
+    /// Realizes `configs`. Blocks while dropped models finish their in-flight requests.
+    pub(crate) fn apply(&self, configs: Vec<ModelConfig>) -> std::io::Result<()> {
+        let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        let wanted: BTreeMap<String, ModelConfig> =
+            configs.into_iter().map(|c| (c.name.clone(), c)).collect();
+        let dropped: Vec<String> =
+            watchers.keys().filter(|name| !wanted.contains_key(*name)).cloned().collect();
+        for name in dropped {
+            if let Some(watcher) = watchers.remove(&name) {
+                tracing::info!(model = %name, "model removed from the config; unloading");
+                watcher.stop();
+            }
+            self.context.table.remove_model(&name);
+        }
+        for (name, config) in wanted {
+            match watchers.get(&name) {
+                Some(watcher) if watcher.config() != config => {
+                    tracing::info!(model = %name, "model config changed");
+                    watcher.update(config);
+                }
+                Some(_) => {}
+                None => {
+                    watchers.insert(name, ModelWatcher::start(config, self.context.clone())?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration of every model, by name.
+    pub(crate) fn configs(&self) -> Vec<ModelConfig> {
+        self.watchers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(ModelWatcher::config)
+            .collect()
+    }
+
+    /// Stops every watcher, unloading all versions after their in-flight requests.
+    pub(crate) fn stop_all(&self) {
+        let watchers = std::mem::take(&mut *self.watchers.lock().unwrap_or_else(PoisonError::into_inner));
+        watchers.into_values().for_each(ModelWatcher::stop);
     }
 }

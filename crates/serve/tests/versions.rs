@@ -3,11 +3,18 @@
 
 mod support;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde_json::json;
-use serve::proto::tensorflow::serving::model_spec;
+use serve::proto::tensorflow::serving::file_system_storage_path_source_config::ServableVersionPolicy;
+use serve::proto::tensorflow::serving::file_system_storage_path_source_config::servable_version_policy::PolicyChoice;
+use serve::proto::tensorflow::serving::model_service_client::ModelServiceClient;
+use serve::proto::tensorflow::serving::{
+    ModelConfig as ModelConfigProto, ModelConfigList, ModelServerConfig, ReloadConfigRequest,
+    model_server_config, model_spec,
+};
 use serve::{ModelConfig, VersionState, read_model_config};
 use support::{
     Fixture, TestResult, TestServer, b64, export_version, image, options, predict_request, publish_copy,
@@ -186,5 +193,96 @@ async fn shutdown_finishes_in_flight_requests() -> TestResult {
     assert_eq!(response.status().as_u16(), 200);
     let answer: serde_json::Value = response.json().await?;
     assert_eq!(answer["predictions"].as_array().map(Vec::len), Some(6));
+    Ok(())
+}
+
+fn config_text(models: &[(&str, &Path, &str)]) -> String {
+    let configs: String = models
+        .iter()
+        .map(|(name, base, extra)| {
+            format!("  config {{ name: '{name}' base_path: '{}' {extra} }}\n", base.display())
+        })
+        .collect();
+    format!("model_config_list {{\n{configs}}}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_config_over_grpc_adds_changes_and_removes_models() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let (vit, other) = (root.path().join("vit"), root.path().join("other"));
+    let v1 = export_version(&vit, 1)?;
+    publish_copy(&v1, &vit, 2)?;
+    std::fs::create_dir_all(&other)?;
+    publish_copy(&v1, &other, 4)?;
+    let server = TestServer::start(options(vec![ModelConfig::new("vit", &vit)])).await?;
+    server.wait_for("vit", 2, VersionState::Available).await?;
+
+    let list = |configs: Vec<ModelConfigProto>| ReloadConfigRequest {
+        config: Some(ModelServerConfig {
+            config: Some(model_server_config::Config::ModelConfigList(ModelConfigList { config: configs })),
+        }),
+        metric_names: vec![],
+    };
+    let vit_all = ModelConfigProto {
+        name: "vit".into(),
+        base_path: vit.display().to_string(),
+        model_platform: "tensorflow".into(),
+        model_version_policy: Some(ServableVersionPolicy {
+            policy_choice: Some(PolicyChoice::All(Default::default())),
+        }),
+        version_labels: [("stable".to_owned(), 1)].into(),
+    };
+    let other_config = ModelConfigProto {
+        name: "other".into(),
+        base_path: other.display().to_string(),
+        ..Default::default()
+    };
+    let mut models = ModelServiceClient::connect(server.grpc.clone()).await?;
+    let response =
+        models.handle_reload_config_request(list(vec![vit_all, other_config.clone()])).await?.into_inner();
+    assert_eq!(response.status.map(|s| s.error_code), Some(0));
+    // Version 1 comes back under the `all` policy, the label resolves to it, and the new model loads.
+    server.wait_for("vit", 1, VersionState::Available).await?;
+    server.wait_for("other", 4, VersionState::Available).await?;
+    let (status, answer) = server.get("/v1/models/vit/labels/stable").await?;
+    assert_eq!((status, answer["model_version_status"][0]["state"].clone()), (200, json!("AVAILABLE")));
+    assert_eq!(served_version(&server, "vit", Some(2)).await?, 2);
+
+    // Dropping `vit` from the config unloads it; `other` keeps serving.
+    models.handle_reload_config_request(list(vec![other_config])).await?;
+    let (status, answer) = server.get("/v1/models/vit").await?;
+    assert_eq!((status, answer), (404, json!({"error": "Could not find any versions of model vit"})));
+    assert_eq!(served_version(&server, "other", None).await?, 4);
+    assert!(server.server.is_ready());
+
+    let bad = ReloadConfigRequest { config: None, metric_names: vec![] };
+    let status = models.handle_reload_config_request(bad).await.err().ok_or("accepted")?;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_config_file_is_reread_when_polling_is_on() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let (vit, other) = (root.path().join("vit"), root.path().join("other"));
+    let v1 = export_version(&vit, 1)?;
+    std::fs::create_dir_all(&other)?;
+    publish_copy(&v1, &other, 3)?;
+    let file = root.path().join("models.config");
+    std::fs::write(&file, config_text(&[("vit", &vit, "")]))?;
+    let mut options = options(read_model_config(&file)?);
+    options.config_file = Some(file.clone());
+    options.config_file_poll_interval = std::time::Duration::from_millis(50);
+    let server = TestServer::start(options).await?;
+    server.wait_for("vit", 1, VersionState::Available).await?;
+    // A broken file is skipped; the models keep serving.
+    std::fs::write(&file, "model_config_list {")?;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(served_version(&server, "vit", None).await?, 1);
+    std::fs::write(&file, config_text(&[("vit", &vit, ""), ("other", &other, "")]))?;
+    server.wait_for("other", 3, VersionState::Available).await?;
+    assert_eq!(served_version(&server, "other", None).await?, 3);
+    server.server.shutdown().await;
     Ok(())
 }

@@ -54,6 +54,8 @@ pub(crate) struct RestOptions {
     /// Largest request body, compressed or inflated.
     pub(crate) max_body_bytes: usize,
     pub(crate) monitoring: MonitoringConfig,
+    /// Answer CORS preflights and add CORS headers (`--rest_api_enable_cors_support`).
+    pub(crate) cors: bool,
 }
 
 /// State every REST handler shares.
@@ -73,6 +75,10 @@ async fn dispatch(State(state): State<Arc<RestState>>, request: Request) -> Resp
     let method = request.method().clone();
     // TF's dispatcher only takes `(?i)/v1/.*`; everything else falls through to the other handlers.
     if path.get(..4).is_some_and(|prefix| prefix.eq_ignore_ascii_case("/v1/")) {
+        if state.options.cors && method == Method::OPTIONS {
+            return cors_preflight(&request);
+        }
+        let cors = state.options.cors;
         let started = Instant::now();
         let timeout = state.options.timeout;
         let mut call = Call { model: String::new(), api: None };
@@ -88,10 +94,14 @@ async fn dispatch(State(state): State<Arc<RestState>>, request: Request) -> Resp
             let status = outcome.as_ref().map_or_else(|e| code_name(e.code()), |_| "OK");
             state.metrics.observe_request(&call.model, api, Entrypoint::Rest, status, started.elapsed());
         }
-        return match outcome {
+        let mut response = match outcome {
             Ok(body) => json_response(StatusCode::OK, body),
             Err(error) => error_response(&error),
         };
+        if cors {
+            add_cors_headers(&mut response);
+        }
+        return response;
     }
     if method == Method::GET && state.options.monitoring.enable && path == state.options.monitoring.path {
         let mut response = state.metrics.render().into_response();
@@ -112,6 +122,26 @@ async fn dispatch(State(state): State<Arc<RestState>>, request: Request) -> Resp
 struct Call {
     model: String,
     api: Option<Api>,
+}
+
+/// TF Serving's CORS headers: any origin, the two verbs the API uses, JSON bodies.
+fn add_cors_headers(response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, GET"));
+    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Content-Type"));
+}
+
+/// An OPTIONS preflight: TF answers it only for a browser origin (`http://` or `https://`).
+fn cors_preflight(request: &Request) -> Response {
+    let origin = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let mut response = if origin.starts_with("http://") || origin.starts_with("https://") {
+        json_response(StatusCode::OK, String::new())
+    } else {
+        error_response(&ServeError::InvalidArgument("Origin header is missing in CORS preflight".into()))
+    };
+    add_cors_headers(&mut response);
+    response
 }
 
 fn readiness(table: &ModelTable) -> Response {

@@ -54,6 +54,10 @@ pub struct ServerOptions {
     pub config_file_poll_interval: Duration,
     /// Where Prometheus metrics are served.
     pub monitoring: MonitoringConfig,
+    /// Add CORS headers to REST answers and accept browser preflights (`--rest_api_enable_cors_support`).
+    pub cors: bool,
+    /// Run each version's warm-up inputs before it becomes AVAILABLE (`--enable_model_warmup`, on).
+    pub warmup: bool,
     /// Per-model runtime options (image limits, threads).
     pub runtime: RuntimeOptions,
 }
@@ -72,6 +76,8 @@ impl ServerOptions {
             config_file: None,
             config_file_poll_interval: Duration::ZERO,
             monitoring: MonitoringConfig::default(),
+            cors: false,
+            warmup: true,
             runtime: RuntimeOptions::default(),
         }
     }
@@ -156,6 +162,7 @@ impl Server {
             batch: options.batch_options(),
             runtime: options.runtime.clone(),
             poll_interval: options.poll_interval,
+            warmup: options.warmup,
         };
         let models = Arc::new(
             ModelSet::start(options.models.clone(), context)
@@ -213,6 +220,7 @@ impl Server {
                     timeout: options.rest_timeout,
                     max_body_bytes: options.max_body_bytes,
                     monitoring: options.monitoring.clone(),
+                    cors: options.cors,
                 },
             });
             let signal = shutdown_signal(stopped.clone());

@@ -32,6 +32,8 @@ pub(crate) struct WatchContext {
     pub(crate) runtime: RuntimeOptions,
     /// Zero polls once.
     pub(crate) poll_interval: Duration,
+    /// Whether versions are warmed up before they become AVAILABLE.
+    pub(crate) warmup: bool,
 }
 
 /// A stop flag a sleeping watcher wakes up for.
@@ -239,7 +241,9 @@ impl Watch {
             };
             (code, format!("{error:#}"))
         })?;
-        self.warm_up(&model)?;
+        if self.context.warmup {
+            self.warm_up(&model)?;
+        }
         let model = Arc::new(model);
         let labels = QueueLabels { model_name: self.config.name.clone(), version };
         let queue = BatchQueue::start(

@@ -263,6 +263,32 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_headers_and_preflight_when_enabled() -> TestResult {
+    let Fixture { base: _base, dir: _dir, server } = serve_fixture(1, |options| options.cors = true).await?;
+    let url = format!("{}/v1/models/vit:predict", server.rest);
+    let preflight = server
+        .http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://app.example")
+        .send()
+        .await?;
+    assert_eq!(preflight.status().as_u16(), 200);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    assert_eq!(preflight.headers()["access-control-allow-methods"], "POST, GET");
+    assert_eq!(preflight.headers()["access-control-allow-headers"], "Content-Type");
+    let refused = server.http.request(reqwest::Method::OPTIONS, &url).send().await?;
+    assert_eq!(refused.status().as_u16(), 400);
+    let answer: Value = refused.json().await?;
+    assert_eq!(answer["error"], "Origin header is missing in CORS preflight");
+    let response =
+        server.http.post(&url).json(&json!({"instances": [b64(&image("rocket.jpg")?)]})).send().await?;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics() -> TestResult {
     let base = tempfile::tempdir()?;
     let server = TestServer::start(options(vec![ModelConfig::new("vit", base.path())])).await?;

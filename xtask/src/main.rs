@@ -9,6 +9,7 @@
 //! cargo xtask fixtures vit-base   # write a random-weight ViT-B/16 checkpoint to target/vit-base
 //! ```
 
+mod demo;
 mod fixtures;
 
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Export the committed fixture model, show its signature and classify a few images.
+    Demo,
     /// Regenerate or verify the committed test fixtures, or write the full-size benchmark checkpoint.
     Fixtures(fixtures::Args),
 }
@@ -33,6 +36,7 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
+        Task::Demo => demo::run(),
         Task::Fixtures(args) => fixtures::run(&args),
     };
     match result {

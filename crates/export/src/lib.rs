@@ -7,6 +7,7 @@
 mod config;
 mod graph;
 mod onnx;
+mod pipeline;
 mod vit;
 mod weights;
 
@@ -16,6 +17,7 @@ use artifact::{PreprocessSpec, ResizeMode};
 use tract_core::prelude::TypedModel;
 
 pub use config::{Activation, PreprocessorConfig, VitConfig};
+pub use pipeline::{ExportReport, ExportRequest, GRAPH_FILE, SELF_CHECK_TOLERANCE, export};
 pub use vit::{Normalization, VitInput};
 
 /// Name of the graph output holding each image's top-1 probability, `f32[N]`.
@@ -69,6 +71,12 @@ pub enum ExportError {
     /// tract refused the graph built from the checkpoint.
     #[error("building the graph: {0}")]
     Graph(String),
+    /// The artifact could not be written or published.
+    #[error(transparent)]
+    Artifact(#[from] artifact::ArtifactError),
+    /// The written artifact, run by the runtime, disagrees with the source model; nothing was published.
+    #[error("self-check failed, nothing was published: {0}")]
+    SelfCheck(String),
 }
 
 /// Which file format the weights come from.

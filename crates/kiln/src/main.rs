@@ -1,1 +1,47 @@
-fn main() {}
+//! `kiln`: export Hugging Face ViT checkpoints to versioned artifacts, inspect them like
+//! `saved_model_cli show`, and classify images with them.
+
+mod export;
+mod run;
+mod serve;
+mod show;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Build, inspect and run image-classification artifacts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Import a checkpoint and publish it as `<base>/<version>`.
+    Export(export::ExportArgs),
+    /// Print an artifact's tag-sets and signatures like `saved_model_cli show`.
+    Show(show::ShowArgs),
+    /// Classify image files (or base64 strings) with an artifact.
+    Run(run::RunArgs),
+    /// Serve artifacts over TF Serving's REST and gRPC APIs.
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Export(args) => export::run(args),
+        Command::Show(args) => show::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Serve(args) => serve::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -6,3 +6,9 @@
 //! strings, giving each instance its own result.
 
 #![deny(missing_docs)]
+
+mod image;
+mod model;
+
+pub use self::image::{ImageLimits, InstanceError, PreparedImage, prepare};
+pub use self::model::{Model, Prediction, RuntimeError, RuntimeOptions};

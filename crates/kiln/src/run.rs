@@ -1,0 +1,140 @@
+//! `kiln run`: classify image files or base64 strings with an artifact, printing `saved_model_cli run`'s
+//! layout or, with `--json`, one JSON object per input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use runtime::{InstanceError, Model, Prediction};
+use serde_json::json;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A version directory, or a base directory (its highest version is used).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Image files (JPEG or PNG, or files holding base64 text of one).
+    #[arg(long, num_args = 1..)]
+    image: Vec<PathBuf>,
+    /// Inputs as in saved_model_cli: `string_input=["<base64>", ...]` (a JSON string or list of strings).
+    #[arg(long = "input_exprs")]
+    input_exprs: Option<String>,
+    /// One JSON object per input instead of saved_model_cli's layout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut names = vec![];
+    let mut inputs = vec![];
+    for path in &args.image {
+        names.push(path.display().to_string());
+        inputs.push(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+    }
+    if let Some(exprs) = &args.input_exprs {
+        for (i, value) in parse_input_exprs(exprs)?.into_iter().enumerate() {
+            names.push(format!("string_input[{i}]"));
+            inputs.push(value.into_bytes());
+        }
+    }
+    if inputs.is_empty() {
+        bail!("nothing to classify: give --image FILE... or --input_exprs");
+    }
+    let model = Model::load(&args.dir).with_context(|| format!("loading {}", args.dir.display()))?;
+    let borrowed: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let results = model.predict(&borrowed)?;
+    let failures = results.iter().filter(|r| r.is_err()).count();
+    if args.json {
+        for (name, result) in names.iter().zip(&results) {
+            let line = match result {
+                Ok(p) => json!({"image": name, "label": p.label, "confidence": p.confidence}),
+                Err(e) => json!({"image": name, "error": e.to_string()}),
+            };
+            println!("{line}");
+        }
+    } else {
+        print_saved_model_cli_layout(&names, &results);
+    }
+    Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `string_input=<JSON string or list of strings>`, the only input key an artifact has.
+fn parse_input_exprs(exprs: &str) -> anyhow::Result<Vec<String>> {
+    let (key, value) = exprs.split_once('=').context("--input_exprs must look like string_input=[...]")?;
+    let key = key.trim();
+    if key != "string_input" {
+        bail!(
+            "\"{key}\" is not a valid input key. Please choose from \"string_input\", or use --show option."
+        );
+    }
+    let value: serde_json::Value = serde_json::from_str(value.trim())
+        .with_context(|| format!("--input_exprs value is not a JSON string or list: {value}"))?;
+    match value {
+        serde_json::Value::String(s) => Ok(vec![s]),
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                serde_json::Value::String(s) => Ok(s),
+                other => bail!("string_input[{i}] is {other}, expected a string"),
+            })
+            .collect(),
+        other => bail!("string_input is {other}, expected a string or a list of strings"),
+    }
+}
+
+/// `Result for output key <k>:` then a numpy-style array per output, in sorted key order; failed
+/// instances are reported on stderr (saved_model_cli would fail the whole batch).
+fn print_saved_model_cli_layout(names: &[String], results: &[Result<Prediction, InstanceError>]) {
+    for (name, result) in names.iter().zip(results) {
+        if let Err(e) = result {
+            eprintln!("error: {name}: {e}");
+        }
+    }
+    let ok: Vec<&Prediction> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let confidences: Vec<String> = ok.iter().map(|p| p.confidence.to_string()).collect();
+    let labels: Vec<String> = ok.iter().map(|p| python_bytes_repr(&p.label)).collect();
+    println!("Result for output key confidence:\n[{}]", confidences.join(" "));
+    println!("Result for output key label:\n[{}]", labels.join(" "));
+}
+
+/// Python's `repr(bytes)`: `b'...'` with non-printable and non-ASCII bytes escaped.
+fn python_bytes_repr(text: &str) -> String {
+    let mut out = String::from("b'");
+    for &b in text.as_bytes() {
+        match b {
+            b'\'' => out.push_str("\\'"),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'\r' => out.push_str("\\r"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_repr_escapes_like_python() {
+        assert_eq!(python_bytes_repr("tabby cat"), "b'tabby cat'");
+        assert_eq!(python_bytes_repr("it's"), "b'it\\'s'");
+        assert_eq!(python_bytes_repr("café"), "b'caf\\xc3\\xa9'");
+    }
+
+    #[test]
+    fn input_exprs_accept_a_string_or_a_list() -> anyhow::Result<()> {
+        assert_eq!(parse_input_exprs(r#"string_input=["a", "b"]"#)?, ["a", "b"]);
+        assert_eq!(parse_input_exprs(r#"string_input="a""#)?, ["a"]);
+        let wrong_key = parse_input_exprs(r#"x=["a"]"#).unwrap_err().to_string();
+        assert!(wrong_key.contains("\"x\" is not a valid input key"), "{wrong_key}");
+        assert!(parse_input_exprs("string_input=[1]").is_err());
+        Ok(())
+    }
+}

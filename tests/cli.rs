@@ -1,0 +1,125 @@
+//! The `kiln` command line through the real binary: `show` layouts, per-instance errors in `run`,
+//! refusal of corrupt artifacts and of existing versions.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, ensure};
+use base64::Engine;
+use kiln_e2e::{export, fixture, kiln, kiln_ok};
+
+fn tiny() -> PathBuf {
+    fixture("models/tiny-vit/model.safetensors")
+}
+
+#[test]
+fn show_prints_saved_model_cli_layouts() -> anyhow::Result<()> {
+    let (base, _) = export(&tiny(), &[])?;
+    let dir = base.path().to_str().context("utf-8")?;
+    assert_eq!(
+        kiln_ok(&["show", "--dir", dir])?,
+        "The given SavedModel contains the following tag-sets:\n'serve'\n"
+    );
+    assert_eq!(
+        kiln_ok(&["show", "--dir", dir, "--tag_set", "serve"])?,
+        "The given SavedModel MetaGraphDef contains SignatureDefs with the following keys:\nSignatureDef key: \"serving_default\"\n"
+    );
+    let signature =
+        kiln_ok(&["show", "--dir", dir, "--tag_set", "serve", "--signature_def", "serving_default"])?;
+    assert!(signature.starts_with("The given SavedModel SignatureDef contains the following input(s):\n  inputs['string_input'] tensor_info:\n      dtype: DT_STRING\n      shape: (-1)\n"), "{signature}");
+    assert!(
+        signature
+            .contains("  outputs['confidence'] tensor_info:\n      dtype: DT_FLOAT\n      shape: (-1)\n")
+    );
+    assert!(signature.ends_with("Method name is: tensorflow/serving/predict\n"), "{signature}");
+    let all = kiln_ok(&["show", "--dir", dir, "--all"])?;
+    assert!(all.contains("signature_def['serving_default']:\n  The given SavedModel SignatureDef"), "{all}");
+    let json: serde_json::Value = serde_json::from_str(&kiln_ok(&["show", "--dir", dir, "--json"])?)?;
+    assert_eq!(json["format_version"], 1);
+    let bad_tag = kiln(&["show", "--dir", dir, "--tag_set", "gpu"])?;
+    ensure!(!bad_tag.status.success());
+    assert!(String::from_utf8_lossy(&bad_tag.stderr).contains("could not be found in SavedModel"));
+    let bad_sig = kiln(&["show", "--dir", dir, "--tag_set", "serve", "--signature_def", "nope"])?;
+    assert!(String::from_utf8_lossy(&bad_sig.stderr).contains("Could not find signature \"nope\""));
+    Ok(())
+}
+
+/// Bad instances get their own specific error while the good ones in the same batch still succeed.
+#[test]
+fn run_reports_bad_instances_and_classifies_the_rest() -> anyhow::Result<()> {
+    let (_base, version) = export(&tiny(), &[])?;
+    let good = std::fs::read(fixture("images/chelsea.jpg"))?;
+    let good_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&good);
+    let truncated = base64::engine::general_purpose::STANDARD.encode(&good[..good.len() / 3]);
+    let random = base64::engine::general_purpose::STANDARD
+        .encode((0..512u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>());
+    let inputs = serde_json::json!([good_b64, "not base64 !!", "", truncated, random]);
+    let stdout = kiln(&[
+        "run",
+        "--json",
+        "--dir",
+        version.to_str().context("utf-8")?,
+        "--input_exprs",
+        &format!("string_input={inputs}"),
+    ])?;
+    ensure!(!stdout.status.success(), "a batch with failures must exit non-zero");
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(stdout.stdout)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(lines.len() == 5, "{lines:?}");
+    ensure!(lines[0]["label"].is_string() && lines[0]["confidence"].is_number(), "{}", lines[0]);
+    for (i, line) in lines.iter().enumerate().skip(1) {
+        let error = line["error"].as_str().with_context(|| format!("instance {i} should fail: {line}"))?;
+        ensure!(!error.is_empty());
+    }
+    assert!(lines[1]["error"].as_str().unwrap_or_default().contains("base64"), "{}", lines[1]);
+    assert!(lines[2]["error"].as_str().unwrap_or_default().contains("empty"), "{}", lines[2]);
+    Ok(())
+}
+
+#[test]
+fn run_refuses_a_corrupted_artifact_naming_the_file() -> anyhow::Result<()> {
+    let (_base, version) = export(&tiny(), &[])?;
+    let graph = version.join("graph.nnef.tar");
+    let mut bytes = std::fs::read(&graph)?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&graph, bytes)?;
+    let out = kiln(&[
+        "run",
+        "--dir",
+        version.to_str().context("utf-8")?,
+        "--image",
+        fixture("images/chelsea.jpg").to_str().context("utf-8")?,
+    ])?;
+    ensure!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("graph.nnef.tar"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn export_never_replaces_an_existing_version() -> anyhow::Result<()> {
+    let (base, first) = export(&tiny(), &["--version", "7"])?;
+    assert!(first.ends_with("7"));
+    let before = std::fs::read(first.join("manifest.json"))?;
+    let again = kiln(&[
+        "export",
+        "--checkpoint",
+        tiny().to_str().context("utf-8")?,
+        "--base",
+        base.path().to_str().context("utf-8")?,
+        "--version",
+        "7",
+    ])?;
+    ensure!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains('7'));
+    assert_eq!(std::fs::read(first.join("manifest.json"))?, before);
+    let next = kiln_ok(&[
+        "export",
+        "--checkpoint",
+        tiny().to_str().context("utf-8")?,
+        "--base",
+        base.path().to_str().context("utf-8")?,
+    ])?;
+    assert!(next.trim().ends_with('8'), "next free version after 7 should be 8: {next}");
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -17,16 +18,42 @@ pub fn fixture(relative: &str) -> PathBuf {
     repo_root().join("fixtures").join(relative)
 }
 
-/// The `kiln` binary cargo built next to this test executable (`cargo test --workspace` builds it).
+/// The `kiln` binary, freshly built by cargo into the target dir and profile of this test executable.
+///
+/// Cargo only builds a package's binaries for that package's own integration tests, so `cargo test
+/// --workspace` on a clean target dir need not have built `kiln` yet, and an old binary left there would test
+/// stale code. Running `cargo build -p kiln` once per test process settles both; when nothing changed it is a
+/// no-op.
 pub fn kiln_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_kiln().map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_kiln() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let profile_dir = exe.parent().and_then(Path::parent).context("test executable has no profile dir")?;
+    let target_dir = profile_dir.parent().context("profile dir has no target dir")?;
+    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => bail!("{} is not a cargo profile dir", profile_dir.display()),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "kiln", "--bin", "kiln", "--profile", profile, "--target-dir"])
+        .arg(target_dir)
+        .current_dir(repo_root())
+        .output()
+        .context("running cargo build -p kiln")?;
+    if !output.status.success() {
+        bail!("cargo build -p kiln failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
     let binary = profile_dir.join(format!("kiln{}", std::env::consts::EXE_SUFFIX));
     if !binary.is_file() {
-        bail!(
-            "{} is missing: run the tests with `cargo test --workspace` so the binary is built",
-            binary.display()
-        );
+        bail!("cargo build -p kiln succeeded but {} is missing", binary.display());
     }
     Ok(binary)
 }

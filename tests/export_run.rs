@@ -14,13 +14,8 @@ const CONFIDENCE_TOLERANCE: f32 = 1e-3;
 fn check_parity(model: &str, checkpoint: &Path, extra: &[&str]) -> anyhow::Result<f32> {
     let reference = Reference::load(model)?;
     let (_base, version_dir) = export(checkpoint, extra)?;
-    let images: Vec<String> =
-        reference.images.iter().map(|r| fixture(&r.image).display().to_string()).collect();
-    let mut args = vec!["run", "--json", "--dir", version_dir.to_str().context("utf-8")?, "--image"];
-    args.extend(images.iter().map(String::as_str));
-    let stdout = kiln_ok(&args)?;
-    let lines: Vec<serde_json::Value> = stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-    ensure!(lines.len() == reference.images.len(), "{} results for {} images", lines.len(), images.len());
+    let images: Vec<String> = reference.images.iter().map(|r| r.image.clone()).collect();
+    let lines = run_json(&version_dir, &images)?;
     let mut max_diff = 0f32;
     for (expected, got) in reference.images.iter().zip(&lines) {
         let label =
@@ -45,6 +40,48 @@ fn check_parity(model: &str, checkpoint: &Path, extra: &[&str]) -> anyhow::Resul
     Ok(max_diff)
 }
 
+/// `kiln run --json` on `images` (paths relative to `fixtures/`): one parsed JSON object per image.
+fn run_json(version_dir: &Path, images: &[String]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let paths: Vec<String> = images.iter().map(|image| fixture(image).display().to_string()).collect();
+    let mut args = vec!["run", "--json", "--dir", version_dir.to_str().context("utf-8")?, "--image"];
+    args.extend(paths.iter().map(String::as_str));
+    let stdout = kiln_ok(&args)?;
+    let lines: Vec<serde_json::Value> = stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(lines.len() == images.len(), "{} results for {} images", lines.len(), images.len());
+    Ok(lines)
+}
+
+/// `--resize tf` is recorded in the artifact and used: drawn shapes still classify as the reference says,
+/// while the large photo, shrunk 37x without antialiasing, scores differently from Pillow's resize.
+#[test]
+fn tf_resize_is_recorded_and_applied() -> anyhow::Result<()> {
+    let checkpoint = fixture("models/tiny-vit/model.safetensors");
+    let (_tf_base, tf_dir) = export(&checkpoint, &["--resize", "tf"])?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tf_dir.join("manifest.json"))?)?;
+    ensure!(manifest["preprocess"]["resize"] == "tf", "manifest preprocess: {}", manifest["preprocess"]);
+    let (_pil_base, pil_dir) = export(&checkpoint, &[])?;
+
+    let reference = Reference::load("tiny-vit")?;
+    let shapes: Vec<_> = reference.images.iter().filter(|r| r.image.starts_with("images/shape-")).collect();
+    ensure!(!shapes.is_empty(), "no drawn-shape images in the reference");
+    let names: Vec<String> = shapes.iter().map(|r| r.image.clone()).collect();
+    for (expected, got) in shapes.iter().zip(run_json(&tf_dir, &names)?) {
+        ensure!(
+            got["label"] == expected.label.as_str(),
+            "{}: {got}, reference {}",
+            expected.image,
+            expected.label
+        );
+    }
+
+    let large = vec!["images/large-2400x2093.jpg".to_owned()];
+    let tf = run_json(&tf_dir, &large)?[0]["confidence"].as_f64().context("tf confidence")?;
+    let pil = run_json(&pil_dir, &large)?[0]["confidence"].as_f64().context("pil confidence")?;
+    ensure!((tf - pil).abs() > 1e-3, "tf and pil resize gave the same confidence {tf} on a 37x shrink");
+    Ok(())
+}
+
 #[test]
 fn safetensors_matches_reference() -> anyhow::Result<()> {
     check_parity("tiny-vit", &fixture("models/tiny-vit/model.safetensors"), &[])?;
@@ -54,6 +91,13 @@ fn safetensors_matches_reference() -> anyhow::Result<()> {
 #[test]
 fn pytorch_bin_matches_reference() -> anyhow::Result<()> {
     check_parity("tiny-vit", &fixture("models/tiny-vit/pytorch_model.bin"), &[])?;
+    Ok(())
+}
+
+/// torch's dynamo exporter output (opset 18, symbolic batch) with the checkpoint's JSON configs.
+#[test]
+fn onnx_matches_reference() -> anyhow::Result<()> {
+    check_parity("tiny-vit", &fixture("models/tiny-vit/model.onnx"), &[])?;
     Ok(())
 }
 

@@ -175,3 +175,63 @@ impl Source {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use tract_core::prelude::*;
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// Largest |logit - PyTorch logit| accepted when the graph is fed PyTorch's own `pixel_values`.
+    const LOGIT_TOLERANCE: f32 = 1e-4;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    }
+
+    /// Runs the reference graph (`pixel_values` in) of `model_file` on every fixture image's reference
+    /// `pixel_values` and compares the logits with the ones `fixtures/generate.py` recorded from PyTorch.
+    fn check_logits(reference: &str, model_file: &str) -> Result<f32, Box<dyn std::error::Error>> {
+        let source = Source::open(&fixtures().join(model_file))?;
+        let spec = source.preprocess_spec(ResizeMode::Pil)?;
+        let plan = source.graph(&spec, VitInput::PixelValues)?.into_optimized()?.into_runnable()?;
+        let document: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            fixtures().join(format!("reference/{reference}.json")),
+        )?)?;
+        let images = document["images"].as_array().ok_or("reference has no images")?;
+        let mut worst = 0f32;
+        for image in images {
+            let pixels =
+                std::fs::read(fixtures().join(image["pixel_values"]["file"].as_str().ok_or("no file")?))?;
+            let values: Vec<f32> =
+                pixels.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let shape: Vec<usize> = serde_json::from_value(image["pixel_values"]["shape"].clone())?;
+            let input = Tensor::from_shape(&[1, shape[0], shape[1], shape[2]], &values)?;
+            let outputs = plan.run(tvec!(input.into_tvalue()))?;
+            let logits: Vec<f32> = outputs[2].to_plain_array_view::<f32>()?.iter().copied().collect();
+            let expected: Vec<f32> = serde_json::from_value(image["logits"].clone())?;
+            assert_eq!(logits.len(), expected.len(), "{}: class count", image["image"]);
+            for (got, want) in logits.iter().zip(&expected) {
+                worst = worst.max((got - want).abs());
+            }
+        }
+        eprintln!("{reference} {model_file}: max |logit diff| {worst:.2e}");
+        assert!(worst <= LOGIT_TOLERANCE, "{model_file}: max |logit diff| {worst} > {LOGIT_TOLERANCE}");
+        Ok(worst)
+    }
+
+    #[test]
+    fn every_source_form_reproduces_pytorch_logits() -> TestResult {
+        for file in ["model.safetensors", "pytorch_model.bin", "model.onnx"] {
+            check_logits("tiny-vit", &format!("models/tiny-vit/{file}"))?;
+        }
+        for file in ["model.safetensors", "pytorch_model.bin"] {
+            check_logits("odd-vit", &format!("models/odd-vit/{file}"))?;
+        }
+        Ok(())
+    }
+}

@@ -29,15 +29,19 @@ fn build_graph(
     normalization: &Normalization,
     input: VitInput,
 ) -> TractResult<TypedModel> {
-    let mut inference = tract_onnx::onnx().model_for_path(path)?;
+    // Exporters record intermediate and output shapes with their own batch symbol (torch's dynamo exporter
+    // writes `batch` into every value_info), which cannot unify with the symbol set on the input below.
+    // They are hints only; tract infers every shape from the input fact.
+    let mut inference = tract_onnx::onnx()
+        .with_ignore_output_shapes(true)
+        .with_ignore_value_info(true)
+        .model_for_path(path)?;
     if inference.input_outlets()?.len() != 1 || inference.output_outlets()?.len() != 1 {
         bail!("expected one input (pixel_values) and one output (logits)");
     }
     let n = inference.sym("N");
     let fact = f32::fact(tvec!(n.to_dim(), 3.to_dim(), side.to_dim(), side.to_dim()));
     inference.set_input_fact(0, fact.into())?;
-    // Output shapes recorded in the file can contradict a symbolic batch; let tract infer them.
-    inference.set_output_fact(0, Default::default())?;
     let source = inference.into_typed()?;
 
     let mut g = GraphWiring::sharing_symbols(&source);

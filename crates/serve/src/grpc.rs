@@ -204,7 +204,10 @@ impl GrpcState {
 
 /// The instances of a DT_STRING tensor of shape `[n]`: `string_val` holds base64 text or raw image bytes.
 /// One value with `n > 1` is broadcast, as TensorProto's rules allow.
-fn string_instances(alias: &str, tensor: &TensorProto) -> Result<Vec<Vec<u8>>, ServeError> {
+///
+/// Public so the fuzz targets (`crates/fuzz`) can feed it decoded `PredictRequest` tensors; Predict
+/// calls it for the signature's input tensor, with `alias` naming that input in error messages.
+pub fn string_instances(alias: &str, tensor: &TensorProto) -> Result<Vec<Vec<u8>>, ServeError> {
     let invalid = |reason: String| ServeError::InvalidArgument(format!("input '{alias}': {reason}"));
     if tensor.dtype != DataType::DtString as i32 {
         let dtype = DataType::try_from(tensor.dtype)

@@ -56,6 +56,7 @@ pub use config::{
     read_batching_parameters, read_model_config, read_monitoring_config,
 };
 pub use error::ServeError;
-pub use rest::DEFAULT_MAX_BODY_BYTES;
+pub use grpc::string_instances;
+pub use rest::{DEFAULT_MAX_BODY_BYTES, predict_body_instances};
 pub use server::{Server, ServerError, ServerOptions, UNBATCHED_QUEUE_CAPACITY};
 pub use table::{VersionChoice, VersionState, VersionStatus};

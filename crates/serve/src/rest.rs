@@ -10,6 +10,7 @@ use std::io::Read;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use artifact::Manifest;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -289,6 +290,7 @@ fn json_type(value: &Value) -> &'static str {
 }
 
 /// The request's instances in one of TF's two layouts.
+#[derive(Clone, Copy)]
 enum Layout {
     Rows,
     Columns,
@@ -301,39 +303,11 @@ async fn predict(
     body: &[u8],
 ) -> Result<String, ServeError> {
     let document = parse_json(body)?;
-    let Value::Object(object) = &document else {
-        return Err(ServeError::InvalidArgument(format!("JSON Value: {} Is not object", quote(&document))));
-    };
-    let signature_name = match object.get("signature_name") {
-        None => signature::DEFAULT_SIGNATURE,
-        Some(Value::String(s)) => s.as_str(),
-        Some(_) => {
-            return Err(ServeError::InvalidArgument("'signature_name' key must be a string value.".into()));
-        }
-    };
-    let (layout, payload) = match (object.get("instances"), object.get("inputs")) {
-        (Some(_), Some(_)) => {
-            return Err(ServeError::InvalidArgument(format!(
-                "JSON Value: {} Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist",
-                quote(&document)
-            )));
-        }
-        (None, None) => {
-            return Err(ServeError::InvalidArgument("Missing 'inputs' or 'instances' key".into()));
-        }
-        (Some(instances), None) => (Layout::Rows, instances),
-        (None, Some(inputs)) => (Layout::Columns, inputs),
-    };
+    let request = PredictBody::parse(&document)?;
     let servable = table.resolve(name, choice)?;
-    let plan = SignaturePlan::find(servable.model.manifest(), signature_name)?.ok_or_else(|| {
-        ServeError::InvalidArgument(format!(
-            "Serving signature name: \"{signature_name}\" not found in signature def"
-        ))
-    })?;
-    let strings = match layout {
-        Layout::Rows => row_strings(payload, &plan)?,
-        Layout::Columns => column_strings(payload, &plan)?,
-    };
+    let plan = request.plan(servable.model.manifest())?;
+    let strings = request.instances(&plan)?;
+    let layout = request.layout;
     let predictions = if strings.is_empty() {
         Vec::new()
     } else {
@@ -375,6 +349,76 @@ async fn predict(
         }
     };
     Ok(pretty(&document, b"    "))
+}
+
+/// Parses a REST predict body into its instance strings for a model with `manifest`, with the same
+/// checks and messages as the predict handler, but without a socket or a loaded model.
+///
+/// Public so the fuzz targets (`crates/fuzz`) can reach the handling of untrusted JSON directly; the
+/// server itself calls the same steps from its handler.
+pub fn predict_body_instances(body: &[u8], manifest: &Manifest) -> Result<Vec<Vec<u8>>, ServeError> {
+    let document = parse_json(body)?;
+    let request = PredictBody::parse(&document)?;
+    let plan = request.plan(manifest)?;
+    request.instances(&plan)
+}
+
+/// A predict body checked as far as it can be before the model is known.
+struct PredictBody<'d> {
+    signature_name: &'d str,
+    layout: Layout,
+    /// The value of `instances` or `inputs`.
+    payload: &'d Value,
+}
+
+impl<'d> PredictBody<'d> {
+    fn parse(document: &'d Value) -> Result<Self, ServeError> {
+        let Value::Object(object) = document else {
+            return Err(ServeError::InvalidArgument(format!(
+                "JSON Value: {} Is not object",
+                quote(document)
+            )));
+        };
+        let signature_name = match object.get("signature_name") {
+            None => signature::DEFAULT_SIGNATURE,
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => {
+                return Err(ServeError::InvalidArgument(
+                    "'signature_name' key must be a string value.".into(),
+                ));
+            }
+        };
+        let (layout, payload) = match (object.get("instances"), object.get("inputs")) {
+            (Some(_), Some(_)) => {
+                return Err(ServeError::InvalidArgument(format!(
+                    "JSON Value: {} Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist",
+                    quote(document)
+                )));
+            }
+            (None, None) => {
+                return Err(ServeError::InvalidArgument("Missing 'inputs' or 'instances' key".into()));
+            }
+            (Some(instances), None) => (Layout::Rows, instances),
+            (None, Some(inputs)) => (Layout::Columns, inputs),
+        };
+        Ok(PredictBody { signature_name, layout, payload })
+    }
+
+    fn plan(&self, manifest: &Manifest) -> Result<SignaturePlan, ServeError> {
+        let signature_name = self.signature_name;
+        SignaturePlan::find(manifest, signature_name)?.ok_or_else(|| {
+            ServeError::InvalidArgument(format!(
+                "Serving signature name: \"{signature_name}\" not found in signature def"
+            ))
+        })
+    }
+
+    fn instances(&self, plan: &SignaturePlan) -> Result<Vec<Vec<u8>>, ServeError> {
+        match self.layout {
+            Layout::Rows => row_strings(self.payload, plan),
+            Layout::Columns => column_strings(self.payload, plan),
+        }
+    }
 }
 
 /// An f32 as JSON with its shortest round-trip decimal (TF writes floats the same way), not the f64
@@ -623,6 +667,41 @@ mod tests {
         assert_eq!(float_value(1.0).to_string(), "1.0");
         assert_eq!(float_value(1e-7).to_string(), "1e-7");
         assert_eq!(float_value(f32::NAN), Value::Null);
+    }
+
+    /// A manifest with one `serving_default` signature taking `string_input`, for the body parser.
+    fn string_input_manifest() -> Result<Manifest, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({
+            "format_version": 1,
+            "graph": {"file": "g.tar", "height": 4, "width": 4, "confidence_output": "c",
+                      "class_output": "i", "precision": "f32"},
+            "signatures": {"serving_default": {"method_name": "tensorflow/serving/predict",
+                "inputs": {"string_input": {"dtype": "DT_STRING", "shape": [-1], "name": "s:0"}},
+                "outputs": {"label": {"dtype": "DT_STRING", "shape": [-1], "name": "l:0"}}}},
+            "labels": ["a"],
+            "preprocess": {"resize": "pil", "resample": "bilinear", "rescale_factor": 1.0,
+                           "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+            "provenance": {"exporter": "t", "source_format": "safetensors", "architecture": "t",
+                           "sources": [], "created_unix": 0},
+            "warmup": [],
+            "files": {}
+        }))
+    }
+
+    #[test]
+    fn predict_bodies_parse_to_instance_strings_in_both_layouts() -> Result<(), Box<dyn std::error::Error>> {
+        let manifest = string_input_manifest()?;
+        let rows = br#"{"instances": ["aGk=", {"b64": "aGk="}, {"string_input": "eA"}]}"#;
+        assert_eq!(
+            predict_body_instances(rows, &manifest)?,
+            [b"aGk=".to_vec(), b"hi".to_vec(), b"eA".to_vec()]
+        );
+        let columns = br#"{"signature_name": "serving_default", "inputs": {"string_input": ["eA"]}}"#;
+        assert_eq!(predict_body_instances(columns, &manifest)?, [b"eA".to_vec()]);
+        let unknown = br#"{"signature_name": "other", "instances": ["eA"]}"#;
+        let message = predict_body_instances(unknown, &manifest).err().map(|e| e.message().to_owned());
+        assert_eq!(message.as_deref(), Some("Serving signature name: \"other\" not found in signature def"));
+        Ok(())
     }
 
     #[test]

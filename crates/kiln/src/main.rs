@@ -1,6 +1,7 @@
 //! `kiln`: export Hugging Face ViT checkpoints to versioned artifacts, inspect them like
 //! `saved_model_cli show`, and classify images with them.
 
+mod check;
 mod export;
 mod run;
 mod serve;
@@ -25,6 +26,8 @@ enum Command {
     Show(show::ShowArgs),
     /// Classify image files (or base64 strings) with an artifact.
     Run(run::RunArgs),
+    /// Gate a pipeline: verify an artifact, or compare its answers with a golden file or a baseline.
+    Check(check::CheckArgs),
     /// Serve artifacts over TF Serving's REST and gRPC APIs.
     Serve(serve::ServeArgs),
 }
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Show(args) => show::run(args),
         Command::Run(args) => run::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Check(args) => check::run(args),
     };
     match result {
         Ok(code) => code,

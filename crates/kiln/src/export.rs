@@ -48,7 +48,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     })
     .with_context(|| format!("exporting {}", args.checkpoint.display()))?;
     for (stage, seconds) in &report.stages {
-        eprintln!("  {stage:<10} {seconds:>8.2}s");
+        eprintln!("  {stage:<16} {seconds:>6.2}s");
     }
     eprintln!(
         "self-check: {} samples, max |confidence difference| {:.2e}",

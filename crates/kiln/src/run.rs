@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -23,6 +24,9 @@ pub struct RunArgs {
     /// One JSON object per input instead of saved_model_cli's layout.
     #[arg(long)]
     json: bool,
+    /// Print to stderr how long loading (digest checks + graph compilation) and predicting took.
+    #[arg(long)]
+    timing: bool,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -41,9 +45,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if inputs.is_empty() {
         bail!("nothing to classify: give --image FILE... or --input_exprs");
     }
+    let started = Instant::now();
     let model = Model::load(&args.dir).with_context(|| format!("loading {}", args.dir.display()))?;
+    let loaded = started.elapsed();
     let borrowed: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
     let results = model.predict(&borrowed)?;
+    if args.timing {
+        let predicted = started.elapsed() - loaded;
+        eprintln!(
+            "load {:.1} ms, predict {} input(s) {:.1} ms",
+            loaded.as_secs_f64() * 1e3,
+            inputs.len(),
+            predicted.as_secs_f64() * 1e3
+        );
+    }
     let failures = results.iter().filter(|r| r.is_err()).count();
     if args.json {
         for (name, result) in names.iter().zip(&results) {

@@ -27,7 +27,8 @@ pub(crate) struct BatchOptions {
     pub(crate) max_batch_size: usize,
     /// How long a batch waits for more requests after its first; zero takes what is queued.
     pub(crate) timeout: Duration,
-    /// Most instances waiting in the queue before new requests are refused.
+    /// Most instances waiting in the queue before new requests are refused, and most instances one
+    /// request may carry.
     pub(crate) capacity: usize,
     /// Threads decoding one batch's images (1 decodes on the batch thread itself).
     pub(crate) decode_threads: usize,
@@ -118,8 +119,18 @@ impl BatchQueue {
         if state.closed {
             return Err(ServeError::Unavailable(format!("model {} is unloading", self.label)));
         }
-        // An empty queue takes any request, so one request above the capacity is not refused forever.
-        if !state.jobs.is_empty() && state.instances + inputs.len() > self.options.capacity {
+        // A request the queue could never hold is the client's error, not load: retrying cannot help, and
+        // running it would keep the batch thread busy long after the client's deadline.
+        if inputs.len() > self.options.capacity {
+            return Err(ServeError::InvalidArgument(format!(
+                "Task size {} is larger than maximum input batch size {} (the most instances model {} queues); \
+                 split the request",
+                inputs.len(),
+                self.options.capacity,
+                self.label
+            )));
+        }
+        if state.instances + inputs.len() > self.options.capacity {
             return Err(ServeError::ResourceExhausted(format!(
                 "The batch scheduling queue to which this task was submitted is full: model {} has {} instances \
                  queued (capacity {}); retry later",

@@ -24,6 +24,7 @@
 
 mod batch;
 mod config;
+mod connections;
 mod error;
 mod grpc;
 mod metrics;

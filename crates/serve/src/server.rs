@@ -13,6 +13,7 @@ use tonic_health::ServingStatus;
 
 use crate::batch::BatchOptions;
 use crate::config::{BatchingParameters, ConfigError, ModelConfig, MonitoringConfig, read_model_config};
+use crate::connections::{self, ConnectionLimits};
 use crate::grpc::GrpcState;
 use crate::metrics::Metrics;
 use crate::proto::tensorflow::serving::model_service_server::ModelServiceServer;
@@ -131,6 +132,8 @@ pub struct Server {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     models: Arc<ModelSet>,
+    /// Longest shutdown waits for in-flight requests.
+    drain: Duration,
 }
 
 impl Server {
@@ -223,14 +226,14 @@ impl Server {
                     cors: options.cors,
                 },
             });
-            let signal = shutdown_signal(stopped.clone());
-            tasks.push(tokio::spawn(async move {
-                if let Err(error) =
-                    axum::serve(listener, rest::router(state)).with_graceful_shutdown(signal).await
-                {
-                    tracing::error!("REST server failed: {error}");
-                }
-            }));
+            let limits =
+                ConnectionLimits { header_read_timeout: options.rest_timeout, drain: drain_limit(&options) };
+            tasks.push(tokio::spawn(connections::serve(
+                listener,
+                rest::router(state),
+                limits,
+                stopped.clone(),
+            )));
             tracing::info!("Exporting HTTP/REST API at:{bound} ...");
             rest_addr = Some(bound);
         }
@@ -242,7 +245,7 @@ impl Server {
                 reread_config(file, options.config_file_poll_interval, models.clone(), stopped.clone());
             tasks.push(tokio::spawn(watch));
         }
-        Ok(Server { table, grpc_addr, rest_addr, stop, tasks, models })
+        Ok(Server { table, grpc_addr, rest_addr, stop, tasks, models, drain: drain_limit(&options) })
     }
 
     /// The bound gRPC address (with the real port when 0 was asked for).
@@ -266,13 +269,24 @@ impl Server {
         self.table.status(model, &VersionChoice::Latest).unwrap_or_default()
     }
 
-    /// Stops accepting connections, lets in-flight requests finish, then unloads every version.
+    /// Stops accepting connections, lets in-flight requests finish (for at most the REST deadline, so a
+    /// stalled client cannot hold the process), then unloads every version.
     pub async fn shutdown(self) {
         tracing::info!("shutting down: draining in-flight requests");
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            if let Err(error) = task.await {
-                tracing::error!("server task failed: {error}");
+        // The REST loop drains within `drain` itself; the margin lets it finish that before being aborted.
+        let deadline = tokio::time::Instant::now() + self.drain + Duration::from_secs(1);
+        for mut task in self.tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!("server task failed: {error}"),
+                Err(_) => {
+                    tracing::warn!(
+                        "connections still open after {} ms; closing them",
+                        self.drain.as_millis()
+                    );
+                    task.abort();
+                }
             }
         }
         let models = self.models;
@@ -283,6 +297,12 @@ impl Server {
         }
         tracing::info!("server stopped");
     }
+}
+
+/// How long shutdown lets in-flight requests run: the REST deadline, after which a REST request has
+/// failed anyway (and Kubernetes' default 30 s grace period matches TF's default deadline).
+fn drain_limit(options: &ServerOptions) -> Duration {
+    options.rest_timeout
 }
 
 /// Re-reads `--model_config_file` every `interval` and applies it when it changed, as TF Serving's

@@ -1,0 +1,88 @@
+//! The REST port's HTTP/1 connections: hyper driven directly rather than through `axum::serve`, because
+//! axum's loop sets no timer, so hyper's header read timeout never fires and a slow-loris client (headers
+//! trickled a byte at a time, or an idle keep-alive socket) holds its connection, and blocks a graceful
+//! shutdown, forever.
+//!
+//! Here every connection must deliver each request's headers within the header timeout (the REST
+//! deadline), the request body is bounded by the handler's own deadline, and shutdown stops accepting,
+//! asks every connection to close after its current request, and waits at most the drain limit.
+
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How the REST port treats slow and lingering connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionLimits {
+    /// Longest a client may take to send one request's headers, and longest an idle keep-alive
+    /// connection stays open.
+    pub(crate) header_read_timeout: Duration,
+    /// Longest shutdown waits for in-flight requests before closing their connections.
+    pub(crate) drain: Duration,
+}
+
+/// Serves `router` on `listener` until `stopped` turns true, then drains (see the module docs).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.wait_for(|s| *s) => break,
+        };
+        // Reap finished connections so the set does not grow with the server's lifetime.
+        while connections.try_join_next().is_some() {}
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and similar: back off instead of spinning on accept.
+                tracing::warn!("accepting a REST connection failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {error}");
+        }
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()))
+            .with_upgrades();
+        let mut stopping = stopped.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => return log_end(result),
+                _ = stopping.wait_for(|s| *s) => connection.as_mut().graceful_shutdown(),
+            }
+            log_end(connection.await);
+        });
+    }
+    drop(listener);
+    let drained =
+        tokio::time::timeout(limits.drain, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "REST connections still open after {} ms; closing them",
+            limits.drain.as_millis()
+        );
+        connections.abort_all();
+    }
+}
+
+fn log_end(result: Result<(), hyper::Error>) {
+    if let Err(error) = result {
+        // Timeouts and clients hanging up mid-request are routine on a public port.
+        tracing::debug!("REST connection ended: {error}");
+    }
+}

@@ -7,8 +7,10 @@
 //! cargo xtask fixtures            # regenerate fixtures/ with the pinned Python environment
 //! cargo xtask fixtures --check    # verify fixtures/ against fixtures/CHECKSUMS, no Python needed
 //! cargo xtask fixtures vit-base   # write a random-weight ViT-B/16 checkpoint to target/vit-base
+//! cargo xtask bench [--quick]     # kiln vs ONNX Runtime vs PyTorch on ViT-B/16, tables in target/bench
 //! ```
 
+mod bench;
 mod demo;
 mod fixtures;
 
@@ -27,6 +29,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Benchmark kiln against ONNX Runtime and PyTorch on the full-size ViT-B/16, engines alternating.
+    Bench(bench::Args),
+    /// The kiln side of `bench`, started by it from a release build.
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
     /// Export the committed fixture model, show its signature and classify a few images.
     Demo,
     /// Regenerate or verify the committed test fixtures, or write the full-size benchmark checkpoint.
@@ -36,6 +43,8 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
+        Task::Bench(args) => bench::run(&args),
+        Task::BenchWorker(args) => bench::run_worker(&args),
         Task::Demo => demo::run(),
         Task::Fixtures(args) => fixtures::run(&args),
     };

@@ -235,25 +235,40 @@ fn unescape(segment: &str) -> String {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (before or after gzip inflation) with 413.
+///
+/// An oversized body is still read to its end (and thrown away, within the request deadline): closing
+/// a connection with unread data makes the kernel reset it, and the reset destroys the 413 answer
+/// before a client that is still writing gets to read it.
 async fn read_body(request: Request, limit: usize) -> Result<Bytes, ServeError> {
+    use http_body_util::BodyExt as _;
     let too_large =
         || ServeError::PayloadTooLarge(format!("Request body is larger than the limit of {limit} bytes"));
     let declared =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
+    let mut over = declared.is_some_and(|n| n > limit as u64);
     let gzip = request
         .headers()
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-    let body = axum::body::to_bytes(request.into_body(), limit).await.map_err(|error| {
-        if error.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            too_large()
-        } else {
+    let mut incoming = request.into_body();
+    let mut body = Vec::with_capacity(if over { 0 } else { declared.map_or(0, |n| n as usize) });
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(|_| {
             ServeError::InvalidArgument("cannot read the request body: the connection failed".into())
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        if !over && body.len() + data.len() > limit {
+            over = true;
+            body = Vec::new();
         }
-    })?;
+        if !over {
+            body.extend_from_slice(&data);
+        }
+    }
+    if over {
+        return Err(too_large());
+    }
+    let body = Bytes::from(body);
     if !gzip {
         return Ok(body);
     }

@@ -854,7 +854,7 @@ async fn bad_inputs_get_specific_errors_and_the_server_stays_up() -> anyhow::Res
             held >= deadline && held < deadline * 3,
             "header slow-loris held {held:?}, answered {answer:?}"
         );
-        ensure!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "header slow-loris got {answer:?}");
+        ensure!(answer.is_empty(), "header slow-loris got {answer:?}");
     }
     let (held, status_line) = slow_body.await??;
     ensure!(held >= deadline && held < deadline * 3, "body slow-loris held {held:?}");

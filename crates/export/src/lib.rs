@@ -17,7 +17,9 @@ use artifact::{PreprocessSpec, ResizeMode};
 use tract_core::prelude::TypedModel;
 
 pub use config::{Activation, PreprocessorConfig, VitConfig};
-pub use pipeline::{ExportReport, ExportRequest, GRAPH_FILE, SELF_CHECK_TOLERANCE, export};
+pub use pipeline::{
+    ExportReport, ExportRequest, GRAPH_FILE, SELF_CHECK_TOLERANCE, STALE_TEMP_DIR_AGE, export,
+};
 pub use vit::{Normalization, VitInput};
 
 /// Name of the graph output holding each image's top-1 probability, `f32[N]`.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use artifact::{
     ArtifactWriter, FORMAT_VERSION, GraphSpec, Manifest, PreprocessSpec, Provenance, ResizeMode, Signature,
@@ -21,6 +21,11 @@ pub const GRAPH_FILE: &str = "graph.nnef.tar";
 
 /// Number of synthetic images stored for warm-up and used for the self-check.
 const SAMPLES: usize = 4;
+
+/// How long a `.kiln-tmp-*` directory in the base must have gone untouched before an export removes it
+/// as the leftover of a killed export. A live export touches its files while writing them; its longest
+/// quiet stretch (loading and self-checking a ViT-B graph) is well under a minute.
+pub const STALE_TEMP_DIR_AGE: Duration = Duration::from_secs(3600);
 
 /// Largest |confidence difference| between the artifact and the source graph the self-check accepts.
 pub const SELF_CHECK_TOLERANCE: f32 = 1e-4;
@@ -73,6 +78,9 @@ pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result
     let started = Instant::now();
     progress("writing artifact");
     let mut writer = ArtifactWriter::create(&request.base, request.version)?;
+    for stale in artifact::remove_stale_temp_dirs(&request.base, STALE_TEMP_DIR_AGE)? {
+        progress(&format!("removed the temporary directory of an interrupted export: {}", stale.display()));
+    }
     let graph_path = writer.file_path(GRAPH_FILE)?;
     write_graph(&fused, &graph_path)?;
     drop(fused);
@@ -127,9 +135,13 @@ fn write_graph(model: &TypedModel, path: &Path) -> Result<(), ExportError> {
     let file = std::fs::File::create(path).map_err(io)?;
     // The typed graph is written before decluttering: decluttering fuses erf-GELU into GeluExact, which
     // tract-nnef 0.23.9 cannot serialize. The runtime declutters and optimizes at load time.
-    let writer = tract_nnef::nnef()
-        .write_to_tar(model, BufWriter::new(file))
-        .map_err(|e| ExportError::Graph(format!("serializing to NNEF: {e:#}")))?;
+    let writer = tract_nnef::nnef().write_to_tar(model, BufWriter::new(file)).map_err(|e| {
+        match e.downcast::<std::io::Error>() {
+            // A full disk or a file size limit: name the file, not only the tensor being appended.
+            Ok(source) => io(source),
+            Err(e) => ExportError::Graph(format!("serializing to NNEF: {e:#}")),
+        }
+    })?;
     writer.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)
 }
 

@@ -64,9 +64,10 @@ fn wait_for(limit: Duration, mut condition: impl FnMut() -> anyhow::Result<bool>
 fn a_full_disk_during_export_publishes_nothing_and_names_the_file() -> anyhow::Result<()> {
     let base = tempfile::tempdir()?;
     let checkpoint = fixture("models/tiny-vit/model.safetensors");
-    // A file size limit makes write(2) fail with EFBIG partway through the 700 KB graph, the way a full
-    // disk fails it with ENOSPC, in the real binary and without root. SIGXFSZ is ignored (inherited
-    // through exec) so the write returns the error instead of killing the process.
+    // A file size limit (`ulimit -f 200`: 200 blocks of 512 B, or 1 KiB in bash) makes write(2) fail
+    // with EFBIG partway through the 700 KB graph, the way a full disk fails it with ENOSPC, in the real
+    // binary and without root. SIGXFSZ is ignored (inherited through exec) so the write returns the
+    // error instead of killing the process.
     let script = r#"trap '' XFSZ; ulimit -f 200; exec "$0" "$@""#;
     let output = Command::new("sh")
         .args(["-c", script])
@@ -74,7 +75,7 @@ fn a_full_disk_during_export_publishes_nothing_and_names_the_file() -> anyhow::R
         .args(["export", "--checkpoint", utf8(&checkpoint)?, "--base", utf8(base.path())?])
         .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(!output.status.success(), "export succeeded under a 100 KB file limit:\n{stderr}");
+    ensure!(!output.status.success(), "export succeeded under a 100-200 KB file size limit:\n{stderr}");
     ensure!(stderr.contains("graph.nnef.tar") && stderr.contains("File too large"), "{stderr}");
     let left: Vec<_> = fs::read_dir(base.path())?.collect::<Result<_, _>>()?;
     ensure!(left.is_empty(), "a failed export must leave nothing behind: {left:?}");

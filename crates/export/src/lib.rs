@@ -33,7 +33,7 @@ pub const LOGITS_OUTPUT: &str = "logits";
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,

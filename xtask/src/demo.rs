@@ -1,11 +1,21 @@
 //! `cargo xtask demo`: the TF Serving seed's walkthrough in one command, offline: export the committed
-//! fixture model, show its signature, classify a few fixture images.
+//! fixture model, show its signature, classify a few fixture images, then serve it with `kiln serve` and
+//! send the seed's REST and gRPC predict requests from Rust clients.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use base64::Engine as _;
+use serve::proto::tensorflow::serving::prediction_service_client::PredictionServiceClient;
+use serve::proto::tensorflow::serving::{ModelSpec, PredictRequest, PredictResponse, model_spec};
+use serve::proto::tensorflow::{DataType, TensorProto, TensorShapeProto, tensor_shape_proto};
 
+use crate::served::KilnServer;
 use crate::workspace_root;
+
+/// The image the serving half of the demo sends.
+const SERVED_IMAGE: &str = "chelsea.jpg";
 
 /// Images classified by the demo, relative to `fixtures/images/`.
 const IMAGES: &[&str] = &["shape-red-circle.jpg", "shape-green-square.jpg", "chelsea.jpg", "logo-rgba.png"];
@@ -34,7 +44,110 @@ pub fn run() -> anyhow::Result<()> {
     let mut args = vec!["run", "--json", "--dir", version_dir.as_str(), "--image"];
     args.extend(images.iter().map(String::as_str));
     step(&kiln, &args)?;
+    let image = std::fs::read(root.join("fixtures/images").join(SERVED_IMAGE))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(serve_and_call(&kiln, Path::new(base), &image))
+}
+
+/// Starts `kiln serve` on free ports, sends the seed's REST and gRPC requests, stops it with SIGTERM.
+async fn serve_and_call(kiln: &Path, base: &Path, image: &[u8]) -> anyhow::Result<()> {
+    println!(
+        "\n$ kiln serve --model_name vit --model_base_path {} --port <free> --rest_api_port <free>",
+        base.display()
+    );
+    let server = KilnServer::start(kiln, "vit", base).await?;
+    println!("serving: REST {}  gRPC {}", server.rest_url(), server.grpc_url());
+
+    // The seed's clients send the base64 text as a plain string and let the model decode it (URL-safe,
+    // as tf.io.decode_base64 wants); `{"b64": ...}` is TF Serving's binary form, decoded by the server.
+    let text = base64::engine::general_purpose::URL_SAFE.encode(image);
+    let standard = base64::engine::general_purpose::STANDARD.encode(image);
+    let url = format!("{}/v1/models/vit:predict", server.rest_url());
+    let body = serde_json::json!({"instances": [text, {"b64": standard}]});
+    println!(
+        "\nPOST {url}\n{{\"instances\": [\"<{} base64 chars of {SERVED_IMAGE}>\", {{\"b64\": \"<{} chars>\"}}]}}",
+        text.len(),
+        standard.len()
+    );
+    let response = reqwest::Client::new().post(&url).json(&body).send().await?;
+    let status = response.status();
+    print!("HTTP {status}\n{}", response.text().await?);
+    if !status.is_success() {
+        bail!("REST predict answered {status}");
+    }
+
+    let mut client = PredictionServiceClient::connect(server.grpc_url()).await?;
+    let request = PredictRequest {
+        model_spec: Some(ModelSpec {
+            name: "vit".into(),
+            signature_name: "serving_default".into(),
+            version_choice: None,
+        }),
+        inputs: [("string_input".to_owned(), string_tensor(text.into_bytes()))].into(),
+        output_filter: vec![],
+    };
+    println!(
+        "\ngRPC {} tensorflow.serving.PredictionService/Predict (string_input = tf.make_tensor_proto([b64]))",
+        server.grpc_url()
+    );
+    let response = client.predict(request).await.context("gRPC Predict")?.into_inner();
+    print!("{}", text_format(&response));
+
+    let exit = server.stop().await?;
+    println!("\nkiln serve stopped by SIGTERM: {exit}");
+    if !exit.success() {
+        bail!("kiln serve exited with {exit}");
+    }
     Ok(())
+}
+
+/// What `tf.make_tensor_proto([value])` builds: a DT_STRING tensor of shape [1].
+fn string_tensor(value: Vec<u8>) -> TensorProto {
+    TensorProto {
+        dtype: DataType::DtString as i32,
+        tensor_shape: Some(TensorShapeProto {
+            dim: vec![tensor_shape_proto::Dim { size: 1, name: String::new() }],
+            unknown_rank: false,
+        }),
+        string_val: vec![value],
+        ..Default::default()
+    }
+}
+
+/// A PredictResponse the way Python's `print(response)` shows it (protobuf text format).
+fn text_format(response: &PredictResponse) -> String {
+    let mut out = String::new();
+    let mut keys: Vec<&String> = response.outputs.keys().collect();
+    keys.sort();
+    for key in keys {
+        let tensor = &response.outputs[key];
+        let dtype = DataType::try_from(tensor.dtype).map_or("DT_INVALID", |d| d.as_str_name());
+        out.push_str(&format!(
+            "outputs {{\n  key: \"{key}\"\n  value {{\n    dtype: {dtype}\n    tensor_shape {{\n"
+        ));
+        for dim in tensor.tensor_shape.iter().flat_map(|s| &s.dim) {
+            out.push_str(&format!("      dim {{\n        size: {}\n      }}\n", dim.size));
+        }
+        out.push_str("    }\n");
+        for value in &tensor.float_val {
+            out.push_str(&format!("    float_val: {value}\n"));
+        }
+        for value in &tensor.string_val {
+            out.push_str(&format!(
+                "    string_val: \"{}\"\n",
+                String::from_utf8_lossy(value).escape_default()
+            ));
+        }
+        out.push_str("  }\n}\n");
+    }
+    if let Some(spec) = &response.model_spec {
+        out.push_str(&format!("model_spec {{\n  name: \"{}\"\n", spec.name));
+        if let Some(model_spec::VersionChoice::Version(version)) = spec.version_choice {
+            out.push_str(&format!("  version {{\n    value: {version}\n  }}\n"));
+        }
+        out.push_str(&format!("  signature_name: \"{}\"\n}}\n", spec.signature_name));
+    }
+    out
 }
 
 /// Prints and runs one `kiln` command, echoing its output; returns stdout.

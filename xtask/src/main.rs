@@ -8,11 +8,14 @@
 //! cargo xtask fixtures --check    # verify fixtures/ against fixtures/CHECKSUMS, no Python needed
 //! cargo xtask fixtures vit-base   # write a random-weight ViT-B/16 checkpoint to target/vit-base
 //! cargo xtask bench [--quick]     # kiln vs ONNX Runtime vs PyTorch on ViT-B/16, tables in target/bench
+//! cargo xtask client-compat       # the seed's Python REST + gRPC clients against kiln serve (PyPI)
 //! ```
 
 mod bench;
+mod client_compat;
 mod demo;
 mod fixtures;
+mod served;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,7 +37,10 @@ enum Task {
     /// The kiln side of `bench`, started by it from a release build.
     #[command(hide = true)]
     BenchWorker(bench::WorkerArgs),
-    /// Export the committed fixture model, show its signature and classify a few images.
+    /// Run the seed's Python REST and gRPC clients, unchanged, against `kiln serve` (needs PyPI; not in CI).
+    ClientCompat,
+    /// Export the committed fixture model, show its signature, classify a few images, then serve it and
+    /// send REST and gRPC predict requests.
     Demo,
     /// Regenerate or verify the committed test fixtures, or write the full-size benchmark checkpoint.
     Fixtures(fixtures::Args),
@@ -45,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Bench(args) => bench::run(&args),
         Task::BenchWorker(args) => bench::run_worker(&args),
+        Task::ClientCompat => client_compat::run(),
         Task::Demo => demo::run(),
         Task::Fixtures(args) => fixtures::run(&args),
     };

@@ -1,9 +1,9 @@
 //! Single-request latency of REST and gRPC predict against an in-process server, interleaved so machine
 //! speed drift hits both alike, next to the runtime's own prepare + infer time for the same image; then
-//! REST throughput at 1, 8 and 32 concurrent clients with batching off and on, and the runtime's own
-//! throughput at batch 1 and 8.
+//! REST and gRPC throughput at 1, 8 and 32 concurrent clients with batching off and on (`--enable_batching`'s
+//! defaults), each followed by the runtime's own throughput at the same batch size, so drift hits both.
 //!
-//! `cargo run --release -p serve --example latency -- <model base dir> <image> [requests]`
+//! `cargo run --release -p serve --example latency -- <model base dir> <image> [requests] [seconds]`
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ async fn main() -> Result<()> {
         return Err("usage: latency <model base dir> <image> [requests]".into());
     };
     let requests: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(200);
+    let seconds = Duration::from_secs_f64(args.next().map(|n| n.parse()).transpose()?.unwrap_or(3.0));
     let bytes = std::fs::read(&image)?;
     let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
 
@@ -96,18 +97,10 @@ async fn main() -> Result<()> {
     }
     server.shutdown().await;
 
-    let seconds = Duration::from_secs(3);
-    for batching in [
-        None,
-        Some(BatchingParameters {
-            batch_timeout: Duration::from_millis(2),
-            max_batch_size: 32,
-            ..Default::default()
-        }),
-    ] {
-        let label = if batching.is_some() { "batching on (32, 2 ms)" } else { "batching off" };
+    for batching in [None, Some(BatchingParameters::default())] {
+        let label = if batching.is_some() { "batching on" } else { "batching off" };
         let mut options = ServerOptions::new(vec![ModelConfig::new("vit", PathBuf::from(&base))]);
-        options.grpc_addr = None;
+        options.grpc_addr = Some("127.0.0.1:0".parse()?);
         options.rest_addr = Some("127.0.0.1:0".parse()?);
         options.batching = batching;
         let server = Server::start(options).await?;
@@ -115,26 +108,58 @@ async fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let url = format!("http://{}/v1/models/vit:predict", server.rest_addr().ok_or("no REST")?);
+        let grpc_url = format!("http://{}", server.grpc_addr().ok_or("no gRPC")?);
         for clients in [1, 8, 32] {
-            let rate = rest_throughput(&url, &body, clients, seconds).await?;
-            println!("REST {label:>22}, {clients:>2} clients: {rate:.1} images/s");
+            let rest = rest_throughput(&url, &body, clients, seconds).await?;
+            let rpc = grpc_throughput(&grpc_url, &request, clients, seconds).await?;
+            let local = runtime_throughput(&model, text.as_bytes(), clients, seconds)?;
+            println!(
+                "{label:>12}, {clients:>2} clients: REST {rest:6.1}  gRPC {rpc:6.1}  in-process batch {clients:>2} {local:6.1} images/s"
+            );
         }
         server.shutdown().await;
     }
-    for batch in [1usize, 8] {
-        let inputs: Vec<&[u8]> = vec![text.as_bytes(); batch];
-        let started = Instant::now();
-        let mut images = 0;
-        while started.elapsed() < seconds {
-            model.predict(&inputs)?;
-            images += batch;
-        }
-        println!(
-            "in-process runtime, batch {batch}: {:.1} images/s",
-            images as f64 / started.elapsed().as_secs_f64()
-        );
-    }
     Ok(())
+}
+
+/// Images per second the runtime alone gets running batches of `batch` copies of `input` for `duration`.
+fn runtime_throughput(model: &runtime::Model, input: &[u8], batch: usize, duration: Duration) -> Result<f64> {
+    let inputs: Vec<&[u8]> = vec![input; batch];
+    let started = Instant::now();
+    let mut images = 0;
+    while started.elapsed() < duration {
+        model.predict(&inputs)?;
+        images += batch;
+    }
+    Ok(images as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Images per second `clients` concurrent gRPC clients (one channel each) get for `duration`.
+async fn grpc_throughput(
+    url: &str,
+    request: &PredictRequest,
+    clients: usize,
+    duration: Duration,
+) -> Result<f64> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut client = PredictionServiceClient::connect(url.to_owned()).await?;
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            while started.elapsed() < duration {
+                client.predict(request.clone()).await?;
+                done += 1;
+            }
+            Ok::<usize, Box<dyn std::error::Error + Send + Sync>>(done)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Images per second `clients` concurrent REST clients get for `duration`.

@@ -300,11 +300,21 @@ fn corrupted_versions_are_never_served_and_are_reported() -> anyhow::Result<()> 
     ensure!(is_tiny_answer(&server.classify()?), "{:?}", server.classify()?);
 
     // The loaded version's graph is corrupted on disk: the server keeps answering from the copy it
-    // verified at load time, so the answers stay right.
+    // verified at load time, so the answers stay right, and reports the damage: DATA_LOSS on the still
+    // AVAILABLE version and an error in the log, both naming the file.
     flip_a_bit(&v1.join("graph.nnef.tar"))?;
     std::thread::sleep(Duration::from_millis(2500));
     let answer = server.classify()?;
     ensure!(is_tiny_answer(&answer), "after corrupting the loaded version on disk: {answer:?}");
+    let v1_graph = v1.join("graph.nnef.tar").display().to_string();
+    let reported = wait_for(Duration::from_secs(10), || {
+        Ok(server.version_state(1)?.is_some_and(|s| s.1 == "DATA_LOSS"))
+    })?;
+    let state = server.version_state(1)?.context("version 1 is not in the status")?;
+    ensure!(reported && state.0 == "AVAILABLE", "{state:?}");
+    ensure!(state.2.contains(&format!("`{v1_graph}` is corrupt")), "{state:?}");
+    let logged = server.log()?;
+    ensure!(logged.contains("no longer verify") && logged.contains(&v1_graph), "{logged}");
 
     // A new version published with a corrupted graph is refused: DATA_LOSS in the status and an error in
     // the log, both naming the file, while version 1 keeps answering. (odd-vit would answer "cercle rouge".)
@@ -326,6 +336,7 @@ fn corrupted_versions_are_never_served_and_are_reported() -> anyhow::Result<()> 
     // After a restart nothing on disk verifies. The `latest` policy aspires to version 2 only, which is
     // refused; predictions are refused rather than answered by a corrupted graph.
     drop(server);
+    let logged_before_restart = fs::metadata(&log)?.len() as usize;
     let server = Server::start(&base, &log)?;
     let end = |version| -> anyhow::Result<bool> {
         Ok(server.version_state(version)?.is_some_and(|s| s.0 == "END"))
@@ -337,9 +348,10 @@ fn corrupted_versions_are_never_served_and_are_reported() -> anyhow::Result<()> 
     fs::remove_dir_all(base.join("2"))?;
     ensure!(wait_for(Duration::from_secs(30), || end(1))?, "{}", server.status()?);
     let state = server.version_state(1)?.context("version 1 is not in the status")?;
-    let v1_graph = v1.join("graph.nnef.tar").display().to_string();
     ensure!(state.1 == "DATA_LOSS" && state.2.contains(&v1_graph), "{state:?}");
-    ensure!(server.log()?.contains(&v1_graph), "{}", server.log()?);
+    let logged = server.log()?;
+    let since_restart = logged.get(logged_before_restart..).context("the log shrank")?;
+    ensure!(since_restart.contains(&v1_graph), "{since_restart}");
     let answer = server.classify()?;
     ensure!(answer.is_err(), "a corrupted artifact answered: {answer:?}");
     Ok(())
@@ -361,6 +373,17 @@ fn deleting_the_base_path_keeps_the_verified_version_and_is_logged() -> anyhow::
     ensure!(wait_for(Duration::from_secs(10), || Ok(server.log()?.contains(&warning)))?, "{}", server.log()?);
     let answer = server.classify()?;
     ensure!(is_tiny_answer(&answer), "the verified version must keep answering: {answer:?}");
+    // The status says so on the version that keeps serving, and the log says it once, not every poll.
+    let reported = wait_for(Duration::from_secs(10), || {
+        Ok(server.version_state(1)?.is_some_and(|s| s.1 == "UNAVAILABLE"))
+    })?;
+    let state = server.version_state(1)?.context("version 1 is not in the status")?;
+    let cannot_list = format!("base path {} cannot be listed: ", base.display());
+    ensure!(reported && state.0 == "AVAILABLE" && state.2.starts_with(&cannot_list), "{state:?}");
+    ensure!(state.2.ends_with("; serving versions loaded before"), "{state:?}");
+    std::thread::sleep(Duration::from_millis(2200));
+    let logged = server.log()?;
+    ensure!(logged.matches(&warning).count() == 1, "logged more than once per change:\n{logged}");
 
     // The base comes back with a new version: it is loaded and the vanished version 1 unloaded.
     let staging = work.path().join("staging");
@@ -372,5 +395,8 @@ fn deleting_the_base_path_keeps_the_verified_version_and_is_logged() -> anyhow::
     })?;
     ensure!(switched, "{}\n{}", server.status()?, server.log()?);
     ensure!(server.version_state(1)?.is_none_or(|s| s.0 == "END"), "{}", server.status()?);
+    let state = server.version_state(2)?.context("version 2 is not in the status")?;
+    ensure!(state.0 == "AVAILABLE" && state.1 == "OK", "{state:?}");
+    ensure!(server.log()?.contains("can be listed again"), "{}", server.log()?);
     Ok(())
 }

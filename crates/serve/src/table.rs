@@ -47,9 +47,10 @@ pub struct VersionStatus {
     pub version: u64,
     /// Lifecycle state.
     pub state: VersionState,
-    /// `Ok` unless loading failed.
+    /// `Ok` unless loading failed, or an AVAILABLE version's files or base path went bad while it kept
+    /// serving (`DATA_LOSS`, `UNAVAILABLE`).
     pub error_code: tonic::Code,
-    /// Why loading failed; empty when it did not.
+    /// What went wrong; empty when nothing did.
     pub error_message: String,
 }
 
@@ -147,6 +148,20 @@ impl ModelTable {
             None => {
                 entry.versions.insert(version, VersionEntry { status, servable: None });
             }
+        }
+    }
+
+    /// Sets (or clears, with `None`) the error of a version that stays AVAILABLE: a fault found after it
+    /// loaded is reported without taking the verified in-memory copy out of routing. Versions in any
+    /// other state are left alone, so a late report cannot overwrite an unload or a failed load.
+    pub(crate) fn set_serving_error(&self, name: &str, version: u64, error: Option<(tonic::Code, String)>) {
+        let mut models = self.write();
+        let Some(entry) = models.get_mut(name).and_then(|m| m.versions.get_mut(&version)) else {
+            return;
+        };
+        if entry.status.state == VersionState::Available {
+            (entry.status.error_code, entry.status.error_message) =
+                error.unwrap_or((tonic::Code::Ok, String::new()));
         }
     }
 

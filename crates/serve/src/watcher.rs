@@ -5,6 +5,10 @@
 //! always find a version. A version that fails to load is reported (END with the error) and the previous
 //! one keeps serving; it is retried only when its directory changes. A deleted directory is unloaded
 //! after its in-flight requests finish. Loading is blocking work, which is why this is an OS thread.
+//!
+//! Faults found after a version loaded do not take it down, because what it serves is the copy that
+//! verified at load: files that change on disk and no longer verify set its status to DATA_LOSS, and a
+//! base path that cannot be listed sets every serving version to UNAVAILABLE until it can be again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use artifact::Manifest;
 use runtime::{Model, RuntimeError, RuntimeOptions};
 
 use crate::batch::{BatchOptions, BatchQueue, QueueLabels};
@@ -62,7 +67,14 @@ impl ModelWatcher {
         let shared = Arc::new(RwLock::new(config.clone()));
         let latest = shared.clone();
         let thread = std::thread::Builder::new().name(name).spawn(move || {
-            let mut watch = Watch { config, latest, context, failed: BTreeMap::new() };
+            let mut watch = Watch {
+                config,
+                latest,
+                context,
+                failed: BTreeMap::new(),
+                verified: BTreeMap::new(),
+                base_fault: None,
+            };
             loop {
                 watch.poll();
                 if watch.context.poll_interval.is_zero() {
@@ -128,6 +140,75 @@ fn fingerprint(dir: &Path) -> Fingerprint {
     (mtime(dir), mtime(&dir.join(artifact::MANIFEST_FILE)))
 }
 
+/// Size and modification time of each file of a loaded version (`None`: absent), by manifest name.
+/// Taking it costs a stat per file, so it is taken every poll; hashing, which reads the whole graph,
+/// happens only when it differs from the record of the last verification.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FileStamps(BTreeMap<String, Option<(u64, Option<SystemTime>)>>);
+
+impl FileStamps {
+    /// Stamps `manifest.json`, `manifest.sha256` and every file `files` lists under `dir`. The names
+    /// come from a verified manifest, so they are relative and stay inside `dir`.
+    fn read(dir: &Path, files: &BTreeMap<String, String>) -> FileStamps {
+        let names = [artifact::MANIFEST_FILE, artifact::MANIFEST_DIGEST_FILE]
+            .into_iter()
+            .chain(files.keys().map(String::as_str));
+        FileStamps(
+            names
+                .map(|name| {
+                    // Not following links: a file replaced by a symlink shows as changed.
+                    let stamp = std::fs::symlink_metadata(dir.join(name)).ok();
+                    (name.to_owned(), stamp.map(|m| (m.len(), m.modified().ok())))
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether a file was modified at or after `time`.
+    fn modified_since(&self, time: SystemTime) -> bool {
+        self.0.values().flatten().any(|(_, modified)| modified.is_some_and(|m| m >= time))
+    }
+}
+
+/// What the watcher knows about a serving version's files on disk.
+struct VerifiedFiles {
+    /// The directory the version was loaded from.
+    dir: PathBuf,
+    /// The manifest the served copy verified against.
+    manifest: Manifest,
+    /// The stamps taken before the last verification; empty to force one at the next poll.
+    stamps: FileStamps,
+    /// Why the files on disk no longer verify; `None` while they do.
+    fault: Option<String>,
+}
+
+impl VerifiedFiles {
+    /// The record of a version that just loaded; the load verified every digest.
+    fn after_load(model: &Model, load_started: SystemTime) -> VerifiedFiles {
+        let dir = model.dir().to_owned();
+        let manifest = model.manifest().clone();
+        let stamps = FileStamps::read(&dir, &manifest.files);
+        // A file modified once the load had begun may have changed after it was hashed: an empty
+        // record makes the next poll verify once more.
+        let stamps = if stamps.modified_since(load_started) { FileStamps::default() } else { stamps };
+        VerifiedFiles { dir, manifest, stamps, fault: None }
+    }
+}
+
+/// The error a serving version reports: damaged files outrank the base path, as they stay true when
+/// the base can be listed again.
+fn serving_error(data_loss: Option<&str>, base_fault: Option<&str>) -> Option<(tonic::Code, String)> {
+    data_loss
+        .map(|m| (tonic::Code::DataLoss, m.to_owned()))
+        .or_else(|| base_fault.map(|m| (tonic::Code::Unavailable, m.to_owned())))
+}
+
+/// `error` and its sources joined with `: `, as anyhow's `{:#}` prints a chain: the artifact crate keeps
+/// OS causes as sources, and a status without one (`cannot list directory ...`) would not say why.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(error), |e| e.source()).map(ToString::to_string).collect::<Vec<_>>().join(": ")
+}
+
 struct Watch {
     /// The configuration this poll works with, refreshed from `latest` at the start of each poll.
     config: ModelConfig,
@@ -135,6 +216,10 @@ struct Watch {
     context: WatchContext,
     /// Versions that failed to load, with the directory fingerprint they failed with.
     failed: BTreeMap<u64, Fingerprint>,
+    /// Serving versions' files as of their last verification.
+    verified: BTreeMap<u64, VerifiedFiles>,
+    /// Why the base path cannot be listed (the status message); `None` while it can.
+    base_fault: Option<String>,
 }
 
 impl Watch {
@@ -150,7 +235,7 @@ impl Watch {
             Err(error) => {
                 // A missing or unreadable base keeps what is loaded: a transient mount problem should not
                 // take the model down.
-                tracing::warn!(model = self.name(), "cannot list versions: {error}");
+                self.base_unlisted(&error);
                 return;
             }
         };
@@ -161,6 +246,7 @@ impl Watch {
                 base.display()
             );
         }
+        self.base_listed();
         let dirs: BTreeMap<u64, PathBuf> = found.iter().map(|v| (v.version(), v.path().to_owned())).collect();
         let numbers: Vec<u64> = dirs.keys().copied().collect();
         let aspired = self.config.policy.select(&numbers);
@@ -173,6 +259,7 @@ impl Watch {
             }
         }
         self.failed.retain(|v, _| dirs.contains_key(v));
+        self.check_files();
         for &version in aspired.iter().rev() {
             let status = table.version_status(self.name(), version);
             if status.is_some_and(|s| s.state == VersionState::Available) {
@@ -205,6 +292,7 @@ impl Watch {
         let name = self.config.name.clone();
         let table = &self.context.table;
         let print = fingerprint(dir);
+        let load_started = SystemTime::now();
         table.set_state(&name, version, VersionState::Start, None);
         table.set_state(&name, version, VersionState::Loading, None);
         tracing::info!(model = %name, version, dir = %dir.display(), "loading version");
@@ -214,6 +302,7 @@ impl Watch {
             Ok(servable) => {
                 self.context.metrics.observe_load(&name, &path, true, started.elapsed());
                 self.failed.remove(&version);
+                self.verified.insert(version, VerifiedFiles::after_load(&servable.model, load_started));
                 table.publish(servable);
                 tracing::info!(model = %name, version, seconds = started.elapsed().as_secs_f64(), "version AVAILABLE");
             }
@@ -223,6 +312,82 @@ impl Watch {
                 self.failed.insert(version, print);
                 table.set_state(&name, version, VersionState::End, Some((code, message)));
             }
+        }
+    }
+
+    /// Records that the base path cannot be listed and reports it on every serving version; logged once
+    /// per distinct cause, as a vanished mount would otherwise log every poll.
+    fn base_unlisted(&mut self, error: &artifact::ArtifactError) {
+        let cause = with_causes(error);
+        let base = self.config.base_path.display();
+        let message = format!("base path {base} cannot be listed: {cause}; serving versions loaded before");
+        if self.base_fault.as_ref() == Some(&message) {
+            return;
+        }
+        tracing::warn!(model = self.name(), "cannot list versions: {cause}");
+        self.base_fault = Some(message);
+        self.report_serving_errors();
+    }
+
+    /// Clears the base path fault after a successful listing.
+    fn base_listed(&mut self) {
+        if self.base_fault.take().is_some() {
+            let base = self.config.base_path.display();
+            tracing::info!(model = self.name(), "base path {base} can be listed again");
+            self.report_serving_errors();
+        }
+    }
+
+    /// Sets every serving version's status from what is known about its files and the base path.
+    fn report_serving_errors(&self) {
+        let table = &self.context.table;
+        for version in table.versions_in(self.name(), VersionState::Available) {
+            let data_loss = self.verified.get(&version).and_then(|v| v.fault.as_deref());
+            table.set_serving_error(
+                self.name(),
+                version,
+                serving_error(data_loss, self.base_fault.as_deref()),
+            );
+        }
+    }
+
+    /// Verifies again each serving version whose files changed on disk since they last verified. One
+    /// that no longer verifies is reported as DATA_LOSS but keeps serving the copy verified at load;
+    /// either way the new stamps are kept, so unchanged damage is not hashed again every poll.
+    fn check_files(&mut self) {
+        let table = &self.context.table;
+        let name = &self.config.name;
+        let serving = table.versions_in(name, VersionState::Available);
+        self.verified.retain(|version, _| serving.contains(version));
+        for (&version, record) in &mut self.verified {
+            // Taken before hashing, so a change made while hashing shows up at the next poll.
+            let stamps = FileStamps::read(&record.dir, &record.manifest.files);
+            if stamps == record.stamps {
+                continue;
+            }
+            record.stamps = stamps;
+            let dir = record.dir.display();
+            let fault = match artifact::Artifact::open(&record.dir) {
+                Ok(artifact) if *artifact.manifest() == record.manifest => None,
+                Ok(_) => Some(format!(
+                    "`{dir}` was replaced in place by a different artifact (versions are write-once); \
+                     serving the copy verified at load"
+                )),
+                Err(error) => Some(format!(
+                    "files changed on disk and no longer verify: {}; serving the copy verified at load",
+                    with_causes(&error)
+                )),
+            };
+            if fault == record.fault {
+                continue;
+            }
+            match &fault {
+                Some(message) => tracing::error!(model = %name, version, "{message}"),
+                None => tracing::info!(model = %name, version, "files in {dir} verify again"),
+            }
+            record.fault = fault;
+            let error = serving_error(record.fault.as_deref(), self.base_fault.as_deref());
+            table.set_serving_error(name, version, error);
         }
     }
 
@@ -370,5 +535,79 @@ impl ModelSet {
     pub(crate) fn stop_all(&self) {
         let watchers = std::mem::take(&mut *self.watchers.lock().unwrap_or_else(PoisonError::into_inner));
         watchers.into_values().for_each(ModelWatcher::stop);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn file_stamps_change_when_a_listed_file_is_rewritten_touched_or_removed() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("warmup"))?;
+        for name in
+            [artifact::MANIFEST_FILE, artifact::MANIFEST_DIGEST_FILE, "graph.nnef.tar", "warmup/a.jpg"]
+        {
+            std::fs::write(dir.path().join(name), name)?;
+        }
+        let files = BTreeMap::from([
+            ("graph.nnef.tar".to_owned(), String::new()),
+            ("warmup/a.jpg".to_owned(), String::new()),
+        ]);
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        for name in
+            [artifact::MANIFEST_FILE, artifact::MANIFEST_DIGEST_FILE, "graph.nnef.tar", "warmup/a.jpg"]
+        {
+            std::fs::File::options().write(true).open(dir.path().join(name))?.set_modified(past)?;
+        }
+        let before = FileStamps::read(dir.path(), &files);
+        assert_eq!(before.0.len(), 4);
+        assert!(before.0.values().all(Option::is_some), "{before:?}");
+        assert!(!before.modified_since(past + Duration::from_secs(1)));
+        assert_eq!(FileStamps::read(dir.path(), &files), before);
+        // Unlisted files are not part of the record.
+        std::fs::write(dir.path().join("extra"), b"x")?;
+        assert_eq!(FileStamps::read(dir.path(), &files), before);
+
+        // Same size and content, new modification time: changed (and verified again by the caller).
+        std::fs::write(dir.path().join("graph.nnef.tar"), "graph.nnef.tar")?;
+        let touched = FileStamps::read(dir.path(), &files);
+        assert_ne!(touched, before);
+        assert!(touched.modified_since(past + Duration::from_secs(1)));
+
+        std::fs::remove_file(dir.path().join("warmup/a.jpg"))?;
+        let removed = FileStamps::read(dir.path(), &files);
+        assert_eq!(removed.0.get("warmup/a.jpg"), Some(&None));
+        assert_ne!(removed, touched);
+        Ok(())
+    }
+
+    #[test]
+    fn damaged_files_outrank_an_unlistable_base() {
+        assert_eq!(serving_error(None, None), None);
+        assert_eq!(serving_error(None, Some("gone")), Some((tonic::Code::Unavailable, "gone".to_owned())));
+        assert_eq!(
+            serving_error(Some("corrupt"), Some("gone")),
+            Some((tonic::Code::DataLoss, "corrupt".to_owned()))
+        );
+    }
+
+    #[test]
+    fn with_causes_joins_the_source_chain() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let missing = dir.path().join("missing");
+        let error = match artifact::list_versions(&missing) {
+            Ok(found) => return Err(format!("listed a missing directory: {found:?}").into()),
+            Err(error) => error,
+        };
+        let text = with_causes(&error);
+        assert!(text.contains(&missing.display().to_string()), "{text}");
+        // The artifact error names the directory; the OS cause (its source) follows after `: `.
+        let cause = text.strip_prefix(&format!("{error}: ")).ok_or(format!("no cause in {text}"))?;
+        assert!(cause.contains("os error"), "{text}");
+        Ok(())
     }
 }

@@ -1,11 +1,13 @@
 //! Version lifecycle through a running server: routing by version and label, hot-load while serving,
-//! corrupt and deleted versions, a model config file with several models, and draining on shutdown.
+//! corrupt and deleted versions, faults reported on serving versions (files corrupted on disk, base
+//! path gone), a model config file with several models, and draining on shutdown.
 
 mod support;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use serve::proto::tensorflow::serving::file_system_storage_path_source_config::ServableVersionPolicy;
@@ -15,10 +17,10 @@ use serve::proto::tensorflow::serving::{
     ModelConfig as ModelConfigProto, ModelConfigList, ModelServerConfig, ReloadConfigRequest,
     model_server_config, model_spec,
 };
-use serve::{ModelConfig, VersionState, read_model_config};
+use serve::{ModelConfig, VersionState, VersionStatus, read_model_config};
 use support::{
     Fixture, TestResult, TestServer, b64, export_version, image, options, predict_request, publish_copy,
-    serve_fixture,
+    reference, serve_fixture,
 };
 
 /// The version a gRPC predict was answered by.
@@ -122,6 +124,126 @@ async fn corrupt_new_version_is_reported_and_old_keeps_serving() -> TestResult {
         server.post("/v1/models/vit:predict", &json!({"instances": [b64(&image("rocket.jpg")?)]})).await?;
     assert_eq!(status, 200);
     assert!(server.server.is_ready());
+    server.server.shutdown().await;
+    Ok(())
+}
+
+/// Waits until the status of `vit` version 1 satisfies `done` and returns it.
+async fn wait_for_status(
+    server: &TestServer,
+    done: impl Fn(&VersionStatus) -> bool,
+) -> TestResult<VersionStatus> {
+    let started = Instant::now();
+    loop {
+        let status = server.server.model_status("vit");
+        if let Some(found) = status.iter().find(|s| s.version == 1 && done(s)) {
+            return Ok(found.clone());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(format!("version 1 never reached the awaited status: {status:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The label a REST predict of `bytes` on the latest version answers.
+async fn served_label(server: &TestServer, bytes: &[u8]) -> TestResult<String> {
+    let (status, answer) = server.post("/v1/models/vit:predict", &json!({"instances": [b64(bytes)]})).await?;
+    assert_eq!(status, 200, "{answer}");
+    Ok(answer["predictions"][0]["label"].as_str().ok_or(format!("no label: {answer}"))?.to_owned())
+}
+
+/// Checks that version 1, faulty, is AVAILABLE with `code` in the REST status, the server stays ready,
+/// and a predict of `bytes` still answers `label`.
+async fn assert_still_serving(server: &TestServer, code: &str, bytes: &[u8], label: &str) -> TestResult {
+    let (status, answer) = server.get("/v1/models/vit/versions/1").await?;
+    assert_eq!(status, 200);
+    assert_eq!(answer["model_version_status"][0]["state"], "AVAILABLE", "{answer}");
+    assert_eq!(answer["model_version_status"][0]["status"]["error_code"], code, "{answer}");
+    assert!(server.server.is_ready());
+    assert_eq!(served_label(server, bytes).await?, label);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_version_corrupted_on_disk_reports_data_loss_and_keeps_serving() -> TestResult {
+    let Fixture { base: _base, dir, server } = serve_fixture(1, |_| {}).await?;
+    let rocket = image("rocket.jpg")?;
+    let expected = reference(&dir, &rocket)?.label;
+    let graph = dir.join(export::GRAPH_FILE);
+    let original = std::fs::read(&graph)?;
+
+    // Rewritten with the same bytes: the changed stamp makes the watcher hash again, and it verifies.
+    std::fs::write(&graph, &original)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = server.server.model_status("vit");
+    assert_eq!(
+        status.iter().map(|s| (s.version, s.state, s.error_code)).collect::<Vec<_>>(),
+        [(1, VersionState::Available, tonic::Code::Ok)]
+    );
+
+    let mut corrupted = original.clone();
+    let middle = corrupted.len() / 2;
+    corrupted[middle] ^= 0x10;
+    std::fs::write(&graph, &corrupted)?;
+    let status = wait_for_status(&server, |s| s.error_code == tonic::Code::DataLoss).await?;
+    assert_eq!(status.state, VersionState::Available);
+    let corrupt = format!("`{}` is corrupt", graph.display());
+    assert!(status.error_message.contains(&corrupt), "{status:?}");
+    assert!(status.error_message.ends_with("serving the copy verified at load"), "{status:?}");
+    assert_still_serving(&server, "DATA_LOSS", &rocket, &expected).await?;
+
+    // Restored: it verifies again and the report clears.
+    std::fs::write(&graph, &original)?;
+    let status = wait_for_status(&server, |s| s.error_code == tonic::Code::Ok).await?;
+    assert_eq!((status.state, status.error_message.as_str()), (VersionState::Available, ""));
+    assert_eq!(served_label(&server, &rocket).await?, expected);
+
+    // Replaced in place by another valid artifact (the same checkpoint exported with another resize
+    // mode): it verifies, but it is not what is served, and that is reported too.
+    let staging = tempfile::tempdir()?;
+    let request = export::ExportRequest {
+        checkpoint: support::fixtures().join("models/tiny-vit"),
+        base: staging.path().to_owned(),
+        version: Some(1),
+        resize: artifact::ResizeMode::Tf,
+    };
+    let other = export::export(&request, &mut |_| {})?.version_dir;
+    for name in [export::GRAPH_FILE, artifact::MANIFEST_FILE, artifact::MANIFEST_DIGEST_FILE] {
+        std::fs::copy(other.join(name), dir.join(name))?;
+    }
+    let replaced = format!("`{}` was replaced in place by a different artifact", dir.display());
+    let status = wait_for_status(&server, |s| s.error_message.starts_with(&replaced)).await?;
+    assert_eq!(status.error_code, tonic::Code::DataLoss, "{status:?}");
+    assert_still_serving(&server, "DATA_LOSS", &rocket, &expected).await?;
+    server.server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlistable_base_path_reports_unavailable_until_it_comes_back() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let base = root.path().join("vit");
+    let dir = export_version(&base, 1)?;
+    let rocket = image("rocket.jpg")?;
+    let expected = reference(&dir, &rocket)?.label;
+    let server = TestServer::start(options(vec![ModelConfig::new("vit", &base)])).await?;
+    server.wait_for("vit", 1, VersionState::Available).await?;
+
+    let moved = root.path().join("moved");
+    std::fs::rename(&base, &moved)?;
+    let status = wait_for_status(&server, |s| s.error_code == tonic::Code::Unavailable).await?;
+    assert_eq!(status.state, VersionState::Available);
+    let base_text = base.display().to_string();
+    let prefix = format!("base path {base_text} cannot be listed: cannot list directory `{base_text}`: ");
+    assert!(status.error_message.starts_with(&prefix), "{status:?}");
+    assert!(status.error_message.ends_with("; serving versions loaded before"), "{status:?}");
+    assert_still_serving(&server, "UNAVAILABLE", &rocket, &expected).await?;
+
+    std::fs::rename(&moved, &base)?;
+    let status = wait_for_status(&server, |s| s.error_code == tonic::Code::Ok).await?;
+    assert_eq!((status.state, status.error_message.as_str()), (VersionState::Available, ""));
+    assert_eq!(served_version(&server, "vit", None).await?, 1);
     server.server.shutdown().await;
     Ok(())
 }

@@ -41,7 +41,8 @@ pub struct ServerOptions {
     pub grpc_addr: Option<SocketAddr>,
     /// REST listen address; `None` disables REST, port 0 picks a free port.
     pub rest_addr: Option<SocketAddr>,
-    /// Per-REST-request deadline (`--rest_api_timeout_in_ms`, 30 s).
+    /// Per-REST-request deadline (`--rest_api_timeout_in_ms`, 30 s); also how long headers may take and
+    /// idle keep-alive connections stay open, but never less than 1 s.
     pub rest_timeout: Duration,
     /// Largest REST body, compressed or inflated (100 MiB); larger bodies get 413.
     pub max_body_bytes: usize,
@@ -226,8 +227,10 @@ impl Server {
                     cors: options.cors,
                 },
             });
-            let limits =
-                ConnectionLimits { header_read_timeout: options.rest_timeout, drain: drain_limit(&options) };
+            let limits = ConnectionLimits {
+                header_read_timeout: options.rest_timeout.max(MIN_HEADER_READ_TIMEOUT),
+                drain: drain_limit(&options),
+            };
             tasks.push(tokio::spawn(connections::serve(
                 listener,
                 rest::router(state),
@@ -298,6 +301,11 @@ impl Server {
         tracing::info!("server stopped");
     }
 }
+
+/// The shortest time a REST client gets to send its headers and an idle keep-alive connection stays
+/// open, whatever `--rest_api_timeout_in_ms` says: a deadline of a few milliseconds must fail slow
+/// requests, not close pooled client connections under them (the client then sees a reset, not a 504).
+const MIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long shutdown lets in-flight requests run: the REST deadline, after which a REST request has
 /// failed anyway (and Kubernetes' default 30 s grace period matches TF's default deadline).

@@ -112,6 +112,12 @@ impl BatchQueue {
         Ok(BatchQueue { shared, options, thread: Some(thread), label })
     }
 
+    /// Most instances one request may carry (the queue's capacity), for checks made before the
+    /// instances exist, such as a gRPC tensor that broadcasts one value over its shape.
+    pub(crate) fn capacity(&self) -> usize {
+        self.options.capacity
+    }
+
     /// Queues a request's instances; the receiver yields its result. Refuses at once when the queue is full.
     pub(crate) fn submit(&self, inputs: Vec<Vec<u8>>) -> Result<oneshot::Receiver<JobResult>, ServeError> {
         let (reply, receiver) = oneshot::channel();

@@ -87,7 +87,7 @@ impl GrpcState {
                 plan.input
             ))
         })?;
-        let strings = string_instances(&plan.input, tensor)?;
+        let strings = string_instances(&plan.input, tensor, servable.max_instances())?;
         let outputs: Vec<(String, OutputKind)> = if request.output_filter.is_empty() {
             plan.outputs.clone()
         } else {
@@ -203,11 +203,17 @@ impl GrpcState {
 }
 
 /// The instances of a DT_STRING tensor of shape `[n]`: `string_val` holds base64 text or raw image bytes.
-/// One value with `n > 1` is broadcast, as TensorProto's rules allow.
+/// One value with `n > 1` is broadcast, as TensorProto's rules allow, up to `max_instances` (the
+/// version's queue capacity): the shape is a number the client chose, and copying one value 2^40 times
+/// would abort the server before the queue could refuse the request.
 ///
 /// Public so the fuzz targets (`crates/fuzz`) can feed it decoded `PredictRequest` tensors; Predict
 /// calls it for the signature's input tensor, with `alias` naming that input in error messages.
-pub fn string_instances(alias: &str, tensor: &TensorProto) -> Result<Vec<Vec<u8>>, ServeError> {
+pub fn string_instances(
+    alias: &str,
+    tensor: &TensorProto,
+    max_instances: usize,
+) -> Result<Vec<Vec<u8>>, ServeError> {
     let invalid = |reason: String| ServeError::InvalidArgument(format!("input '{alias}': {reason}"));
     if tensor.dtype != DataType::DtString as i32 {
         let dtype = DataType::try_from(tensor.dtype)
@@ -224,6 +230,10 @@ pub fn string_instances(alias: &str, tensor: &TensorProto) -> Result<Vec<Vec<u8>
     let n = usize::try_from(n).map_err(|_| invalid(format!("dimension {n} is negative")))?;
     match tensor.string_val.len() {
         len if len == n => Ok(tensor.string_val.clone()),
+        1 if n > max_instances => Err(invalid(format!(
+            "shape [{n}] broadcasts one string_val to {n} instances, more than the {max_instances} this \
+             model version takes in one request"
+        ))),
         1 => Ok(vec![tensor.string_val[0].clone(); n]),
         len => Err(invalid(format!("shape [{n}] needs {n} string_val entries, the request has {len}"))),
     }
@@ -371,19 +381,37 @@ mod tests {
 
     #[test]
     fn string_tensors_follow_shape_and_broadcast_rules() -> Result<(), ServeError> {
-        assert_eq!(string_instances("x", &strings(&[2], &["a", "b"]))?, [b"a".to_vec(), b"b".to_vec()]);
-        assert_eq!(string_instances("x", &strings(&[3], &["a"]))?, vec![b"a".to_vec(); 3]);
-        let err = string_instances("x", &strings(&[3], &["a", "b"])).err().map(|e| e.message().to_owned());
+        assert_eq!(string_instances("x", &strings(&[2], &["a", "b"]), 8)?, [b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(string_instances("x", &strings(&[3], &["a"]), 8)?, vec![b"a".to_vec(); 3]);
+        let err = string_instances("x", &strings(&[3], &["a", "b"]), 8).err().map(|e| e.message().to_owned());
         assert_eq!(
             err.as_deref(),
             Some("input 'x': shape [3] needs 3 string_val entries, the request has 2")
         );
-        assert!(string_instances("x", &strings(&[1, 1], &["a"])).is_err());
-        assert!(string_instances("x", &strings(&[], &["a"])).is_err());
+        assert!(string_instances("x", &strings(&[1, 1], &["a"]), 8).is_err());
+        assert!(string_instances("x", &strings(&[], &["a"]), 8).is_err());
         let mut floats = strings(&[1], &[]);
         floats.dtype = DataType::DtFloat as i32;
-        let err = string_instances("x", &floats).err().map(|e| e.message().to_owned());
+        let err = string_instances("x", &floats, 8).err().map(|e| e.message().to_owned());
         assert_eq!(err.as_deref(), Some("input 'x': expects dtype DT_STRING but DT_FLOAT is provided"));
         Ok(())
+    }
+
+    /// Found by the grpc_predict fuzz target: a 30-byte request with shape [2^40] and one string_val
+    /// made the broadcast allocate 2^40 copies and abort the server.
+    #[test]
+    fn broadcast_beyond_the_request_limit_is_refused_before_allocating() {
+        let huge = strings(&[1 << 40], &["aGk="]);
+        let err = string_instances("x", &huge, 256).err().map(|e| (e.code(), e.message().to_owned()));
+        assert_eq!(
+            err,
+            Some((
+                tonic::Code::InvalidArgument,
+                "input 'x': shape [1099511627776] broadcasts one string_val to 1099511627776 instances, \
+                 more than the 256 this model version takes in one request"
+                    .to_owned()
+            ))
+        );
+        assert_eq!(string_instances("x", &strings(&[256], &["a"]), 256).map(|v| v.len()), Ok(256));
     }
 }

@@ -78,6 +78,11 @@ impl ServableModel {
         ServableModel { name, version, model, queue }
     }
 
+    /// Most instances one request may carry; larger requests are refused.
+    pub(crate) fn max_instances(&self) -> usize {
+        self.queue.capacity()
+    }
+
     /// Runs a request's instances through the batch queue.
     pub(crate) async fn predict(&self, inputs: Vec<Vec<u8>>) -> JobResult {
         let receiver = self.queue.submit(inputs).map_err(JobError::Request)?;

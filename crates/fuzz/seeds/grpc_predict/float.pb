@@ -1,0 +1,4 @@
+
+
+vitserving_default
+xlabel

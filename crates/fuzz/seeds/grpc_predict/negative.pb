@@ -1,0 +1,4 @@
+
+#
+vitserving_defaultþÿÿÿÿÿÿÿÿ'
+string_inputÿÿÿÿÿÿÿÿÿBaGk=

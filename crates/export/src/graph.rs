@@ -90,6 +90,74 @@ impl GraphWiring {
         }
     }
 
+    /// Quantizes `x` to int8 per row (its last axis), symmetrically: returns `round(x / s)` as `i8` and
+    /// the per-row scale `s = max|x| / 127` (kept as a trailing axis of size 1). Done at run time, so
+    /// the scale follows each token's actual range instead of a calibrated guess.
+    pub fn quantize_rows(&mut self, name: &str, x: OutletId) -> TractResult<(OutletId, OutletId)> {
+        let axis = self.model.outlet_fact(x)?.rank() - 1;
+        let magnitude = self.op(&format!("{name}.abs"), ops::math::abs(), &[x])?;
+        let peak = self.op(
+            &format!("{name}.peak"),
+            Reduce { axes: tvec!(axis), reducer: Reducer::Max },
+            &[magnitude],
+        )?;
+        // An all-zero row would divide by zero; any positive floor quantizes it to zeros exactly.
+        let peak =
+            self.binary_scalar(&format!("{name}.peak_floor"), ops::math::max(), peak, f32::MIN_POSITIVE)?;
+        let scale = self.binary_scalar(&format!("{name}.scale"), ops::math::mul(), peak, 1.0 / 127.0)?;
+        let inverse = self.op(&format!("{name}.inverse"), ops::math::recip(), &[scale])?;
+        let scaled = self.binary(&format!("{name}.scaled"), ops::math::mul(), x, inverse)?;
+        // Round to nearest (even) by adding and removing 1.5 * 2^23: exact for |v| < 2^22, and two
+        // vectorized additions where tract's Round is a scalar loop that cost more than the int8 matmuls.
+        let shifted = self.binary_scalar(&format!("{name}.round_up"), ops::math::add(), scaled, ROUNDING)?;
+        let rounded =
+            self.binary_scalar(&format!("{name}.round_down"), ops::math::sub(), shifted, ROUNDING)?;
+        let quantized = self.op(name, ops::cast::cast(i8::datum_type()), &[rounded])?;
+        Ok((quantized, scale))
+    }
+
+    /// `x @ weight^T + bias` on int8 operands: `x` comes from [`GraphWiring::quantize_rows`] with its
+    /// per-row scale, `weight` (`[out, in]`, f32) is quantized here per output channel. The product
+    /// accumulates in i32 (tract's VNNI kernels on AVX-512 VNNI machines) and is scaled back to f32 by
+    /// both scales before the bias is added.
+    pub fn linear_int8(
+        &mut self,
+        name: &str,
+        (x, x_scale): (OutletId, OutletId),
+        weight: &Tensor,
+        bias: Option<Tensor>,
+    ) -> TractResult<OutletId> {
+        let (quantized, scales) = quantize_channels(weight)?;
+        let rank = self.model.outlet_fact(x)?.rank();
+        let batch: String = "abcdefgh".chars().take(rank - 1).collect();
+        let w = self.konst(&format!("{name}.weight_i8"), quantized)?;
+        // The quantized form of EinSum (ONNX MatMulInteger's lowering): zero points 0 and unit scales,
+        // i32 out. The plain form with i8 operands and i32 accumulation does not survive NNEF
+        // serialization, which demands the operand type as accumulator for plain matmuls.
+        let mut inputs = vec![x, w, self.konst(&format!("{name}.bias_i32"), tensor0(0i32))?];
+        for (what, value) in [("a0", 0f32), ("a_scale", 1.0), ("b0", 0.0), ("b_scale", 1.0), ("c0", 0.0)] {
+            let wire = match what {
+                "a0" | "b0" | "c0" => self.konst(&format!("{name}.{what}"), tensor0(value as i32))?,
+                _ => self.konst(&format!("{name}.{what}"), tensor0(value))?,
+            };
+            inputs.push(wire);
+        }
+        inputs.push(self.konst(&format!("{name}.c_scale"), tensor0(1f32))?);
+        let expr = format!("{batch}i,oi,,,,,,,->{batch}o").parse()?;
+        let op = EinSum::newq(expr, i32::datum_type(), f32::datum_type());
+        let product = self.op(&format!("{name}.matmul_i8"), op, &inputs)?;
+        let per_row = self.binary(&format!("{name}.row_scale"), ops::math::mul(), product, x_scale)?;
+        let scales = self.konst(&format!("{name}.weight_scale"), scales)?;
+        let y = self.binary(&format!("{name}.channel_scale"), ops::math::mul(), per_row, scales)?;
+        match bias {
+            Some(bias) => {
+                let b = self.konst(&format!("{name}.bias"), bias)?;
+                self.binary(name, ops::math::add(), y, b)
+            }
+            None => Ok(y),
+        }
+    }
+
     /// Layer normalization over the last axis, as `torch.nn.LayerNorm`.
     pub fn layer_norm(
         &mut self,
@@ -186,7 +254,88 @@ impl GraphWiring {
     }
 }
 
+/// 1.5 * 2^23: adding and subtracting it rounds an f32 of magnitude below 2^22 to the nearest integer.
+const ROUNDING: f32 = 12_582_912.0;
+
+/// Symmetric per-output-channel int8 quantization of a `[out, in]` f32 weight: the `i8` weight and the
+/// `f32[out]` scales (`max|row| / 127`) that map it back.
+fn quantize_channels(weight: &Tensor) -> TractResult<(Tensor, Tensor)> {
+    let shape = weight.shape();
+    ensure!(shape.len() == 2, "an int8 linear weight must be [out, in], found {shape:?}");
+    let (rows, width) = (shape[0], shape[1]);
+    let values: Vec<f32> = weight.to_plain_array_view::<f32>()?.iter().copied().collect();
+    let mut quantized = Vec::with_capacity(values.len());
+    let mut scales = Vec::with_capacity(rows);
+    for row in values.chunks_exact(width) {
+        let peak = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = if peak > 0.0 { peak / 127.0 } else { 1.0 };
+        quantized.extend(row.iter().map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8));
+        scales.push(scale);
+    }
+    Ok((Tensor::from_shape(&[rows, width], &quantized)?, Tensor::from_shape(&[rows], &scales)?))
+}
+
 /// Concrete dimensions as tract's symbolic `TDim`s, for `AxisOp::Reshape`.
 pub fn dims(values: &[usize]) -> TVec<TDim> {
     values.iter().map(|v| v.to_dim()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn pseudo_random(count: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9) | 1;
+        (0..count)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn channel_quantization_round_trips_within_half_a_step() -> TestResult {
+        let values = pseudo_random(6 * 40, 1);
+        let (quantized, scales) = quantize_channels(&Tensor::from_shape(&[6, 40], &values)?)?;
+        let quantized = quantized.to_plain_array_view::<i8>()?.iter().copied().collect::<Vec<_>>();
+        let scales = scales.to_plain_array_view::<f32>()?.iter().copied().collect::<Vec<_>>();
+        for (row, (q, v)) in quantized.chunks(40).zip(values.chunks(40)).enumerate() {
+            assert!(q.iter().any(|q| q.abs() == 127), "row {row} does not use the full range");
+            for (q, v) in q.iter().zip(v) {
+                assert!((*q as f32 * scales[row] - v).abs() <= scales[row] * 0.5 + 1e-7);
+            }
+        }
+        Ok(())
+    }
+
+    /// The int8 linear (runtime per-row quantization, i8 x i8 -> i32, rescale, bias) follows the f32
+    /// one within the error two 8-bit roundings allow.
+    #[test]
+    fn int8_linear_follows_f32_linear() -> TestResult {
+        let (rows, inputs, outputs) = (7, 64, 24);
+        let x = pseudo_random(rows * inputs, 2);
+        let weight = Tensor::from_shape(&[outputs, inputs], &pseudo_random(outputs * inputs, 3))?;
+        let bias = Tensor::from_shape(&[outputs], &pseudo_random(outputs, 4))?;
+        let mut g = GraphWiring::new();
+        let source = g.model.add_source("x", f32::fact([1, rows, inputs]))?;
+        let exact = g.linear("f32", source, weight.clone(), Some(bias.clone()))?;
+        let quantized = g.quantize_rows("x_i8", source)?;
+        let approx = g.linear_int8("int8", quantized, &weight, Some(bias))?;
+        g.model.select_output_outlets(&[exact, approx])?;
+        let plan = g.model.into_optimized()?.into_runnable()?;
+        let outputs = plan.run(tvec!(Tensor::from_shape(&[1, rows, inputs], &x)?.into_tvalue()))?;
+        let exact = outputs[0].to_plain_array_view::<f32>()?;
+        let approx = outputs[1].to_plain_array_view::<f32>()?;
+        // Each product is off by at most half a step of each operand: |x|,|w| <= 1, steps 1/127.
+        let tolerance = inputs as f32 * (1.0 / 127.0 + 1.0 / (127.0 * 127.0 * 4.0));
+        let worst = exact.iter().zip(approx.iter()).fold(0f32, |m, (e, a)| m.max((e - a).abs()));
+        assert!(worst <= tolerance, "max |int8 - f32| {worst} above {tolerance}");
+        assert!(worst > 0.0, "the int8 path returned exactly the f32 result: it did not quantize");
+        Ok(())
+    }
 }

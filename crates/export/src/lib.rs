@@ -18,9 +18,10 @@ use tract_core::prelude::TypedModel;
 
 pub use config::{Activation, PreprocessorConfig, VitConfig};
 pub use pipeline::{
-    ExportReport, ExportRequest, GRAPH_FILE, SELF_CHECK_TOLERANCE, STALE_TEMP_DIR_AGE, export,
+    ACCURACY_FILE, AccuracyReport, AccuracySet, ExportReport, ExportRequest, GRAPH_FILE, MIN_TOP1_AGREEMENT,
+    SELF_CHECK_TOLERANCE, STALE_TEMP_DIR_AGE, export,
 };
-pub use vit::{Normalization, VitInput};
+pub use vit::{Normalization, Precision, VitInput};
 
 /// Name of the graph output holding each image's top-1 probability, `f32[N]`.
 pub const CONFIDENCE_OUTPUT: &str = "confidence";
@@ -160,6 +161,17 @@ impl Source {
 
     /// Builds the classifier graph: fused (`u8` pixels in) or reference (`pixel_values` in).
     pub fn graph(&self, spec: &PreprocessSpec, input: VitInput) -> Result<TypedModel, ExportError> {
+        self.graph_in(spec, input, Precision::F32)
+    }
+
+    /// Builds the classifier graph with its encoder's linear layers in `precision`. Lower precisions are
+    /// built from the checkpoint's weights, so they need safetensors or pytorch_model.bin.
+    pub fn graph_in(
+        &self,
+        spec: &PreprocessSpec,
+        input: VitInput,
+        precision: Precision,
+    ) -> Result<TypedModel, ExportError> {
         let normalization = Normalization { rescale: spec.rescale_factor, mean: spec.mean, std: spec.std };
         match self.format {
             SourceFormat::Safetensors => vit::build(
@@ -167,13 +179,26 @@ impl Source {
                 &weights::Weights::safetensors(&self.model_file)?,
                 &normalization,
                 input,
+                precision,
             ),
-            SourceFormat::Pytorch => {
-                vit::build(&self.config, &weights::Weights::pytorch(&self.model_file)?, &normalization, input)
-            }
-            SourceFormat::Onnx => {
+            SourceFormat::Pytorch => vit::build(
+                &self.config,
+                &weights::Weights::pytorch(&self.model_file)?,
+                &normalization,
+                input,
+                precision,
+            ),
+            SourceFormat::Onnx if precision == Precision::F32 => {
                 onnx::build(&self.model_file, self.config.image_size as usize, &normalization, input)
             }
+            SourceFormat::Onnx => Err(ExportError::Onnx {
+                path: self.model_file.clone(),
+                reason: format!(
+                    "{} export rebuilds the graph from the checkpoint's weights; give model.safetensors or \
+                     pytorch_model.bin",
+                    precision.name()
+                ),
+            }),
         }
     }
 }

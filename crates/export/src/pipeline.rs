@@ -14,7 +14,7 @@ use runtime::{Model, RuntimeOptions};
 use sha2::{Digest, Sha256};
 use tract_core::prelude::*;
 
-use crate::{CLASS_OUTPUT, CONFIDENCE_OUTPUT, ExportError, Source, VitInput};
+use crate::{CLASS_OUTPUT, CONFIDENCE_OUTPUT, ExportError, Precision, Source, VitInput};
 
 /// File name of the graph inside a version directory.
 pub const GRAPH_FILE: &str = "graph.nnef.tar";
@@ -30,6 +30,19 @@ pub const STALE_TEMP_DIR_AGE: Duration = Duration::from_secs(3600);
 /// Largest |confidence difference| between the artifact and the source graph the self-check accepts.
 pub const SELF_CHECK_TOLERANCE: f32 = 1e-4;
 
+/// File name of a lower-precision artifact's accuracy report inside its version directory (listed, with
+/// its digest, in the manifest's `files`).
+pub const ACCURACY_FILE: &str = "accuracy.json";
+
+/// Synthetic images a lower-precision export is compared with f32 on, besides the warm-up samples.
+const ACCURACY_SAMPLES: usize = 32;
+
+/// Smallest top-1 agreement with f32 a lower-precision export may have on each image set; below it nothing
+/// is published. Not 0.99: on random-weight checkpoints (the full-size benchmark model) every class has
+/// about 1/1000 probability and top-1 margins of 1e-4 are common, so one near tie in 32 images flips
+/// (measured: 31 of 32 synthetic, 4 of 4 photos). The report records the margin of every flip.
+pub const MIN_TOP1_AGREEMENT: f64 = 0.95;
+
 /// What to export and where.
 #[derive(Debug, Clone)]
 pub struct ExportRequest {
@@ -41,6 +54,11 @@ pub struct ExportRequest {
     pub version: Option<u64>,
     /// How the runtime resizes images for this artifact.
     pub resize: ResizeMode,
+    /// Arithmetic of the encoder's linear layers.
+    pub precision: Precision,
+    /// Images (JPEG/PNG files) a lower-precision export is also compared with f32 on, reported by name
+    /// in the accuracy report; f32 exports ignore them.
+    pub accuracy_images: Vec<PathBuf>,
 }
 
 /// What an export produced and how long each stage took.
@@ -54,6 +72,8 @@ pub struct ExportReport {
     pub max_confidence_diff: f32,
     /// Samples compared in the self-check.
     pub samples: usize,
+    /// For lower precisions: agreement with f32, also written to [`ACCURACY_FILE`].
+    pub accuracy: Option<AccuracyReport>,
     /// Seconds spent per stage, in order.
     pub stages: Vec<(&'static str, f64)>,
 }
@@ -72,7 +92,7 @@ pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result
         .config
         .labels()
         .map_err(|reason| ExportError::InvalidConfig { path: source.config_file.clone(), reason })?;
-    let fused = source.graph(&spec, VitInput::Pixels)?;
+    let fused = source.graph_in(&spec, VitInput::Pixels, request.precision)?;
     stage("build graph", started);
 
     let started = Instant::now();
@@ -100,7 +120,7 @@ pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result
             width: side,
             confidence_output: CONFIDENCE_OUTPUT.into(),
             class_output: CLASS_OUTPUT.into(),
-            precision: "f32".into(),
+            precision: request.precision.name().into(),
         },
         signatures: BTreeMap::from([("serving_default".to_owned(), serving_default())]),
         labels,
@@ -113,8 +133,36 @@ pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result
 
     let started = Instant::now();
     progress("checking the artifact against the source model");
-    let max_confidence_diff =
-        self_check(&source, &spec, &manifest, writer.temp_dir(), &graph_path, &samples)?;
+    let (max_confidence_diff, accuracy) = match request.precision {
+        Precision::F32 => {
+            (self_check(&source, &spec, &manifest, writer.temp_dir(), &graph_path, &samples)?, None)
+        }
+        precision => {
+            let model = Model::compile(
+                writer.temp_dir().to_owned(),
+                manifest.clone(),
+                &graph_path,
+                RuntimeOptions::default(),
+            )
+            .map_err(|e| ExportError::SelfCheck(format!("the runtime cannot load the new artifact: {e}")))?;
+            let report = accuracy_report(&source, &spec, &model, precision, &request.accuracy_images)?;
+            let worst = report.sets.iter().map(|s| s.max_confidence_delta).fold(0f32, f32::max);
+            if let Some(low) = report.sets.iter().find(|s| s.top1_agreement < MIN_TOP1_AGREEMENT) {
+                return Err(ExportError::SelfCheck(format!(
+                    "{} agrees with f32 on top-1 for {:.1} % of the {} {} images, below {:.0} %",
+                    precision.name(),
+                    100.0 * low.top1_agreement,
+                    low.images,
+                    low.name,
+                    100.0 * MIN_TOP1_AGREEMENT
+                )));
+            }
+            let json = serde_json::to_vec_pretty(&report)
+                .map_err(|e| ExportError::Graph(format!("serializing the accuracy report: {e}")))?;
+            writer.write_file(ACCURACY_FILE, &json)?;
+            (worst, Some(report))
+        }
+    };
     stage("self-check", started);
 
     let started = Instant::now();
@@ -126,8 +174,129 @@ pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result
         version: published.version(),
         max_confidence_diff,
         samples: samples.len(),
+        accuracy,
         stages,
     })
+}
+
+/// How closely a lower-precision artifact follows the f32 graph of the same checkpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AccuracyReport {
+    /// The artifact's precision (`int8`).
+    pub precision: String,
+    /// What it is compared with.
+    pub reference: String,
+    /// One entry per image set.
+    pub sets: Vec<AccuracySet>,
+}
+
+/// Agreement with f32 on one set of images.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AccuracySet {
+    /// `synthetic` (deterministic generated images) or `given` (the export's `accuracy_images`).
+    pub name: String,
+    /// Images compared.
+    pub images: usize,
+    /// Fraction of images whose top-1 class equals f32's.
+    pub top1_agreement: f64,
+    /// Largest |confidence - f32 confidence of the same image|.
+    pub max_confidence_delta: f32,
+    /// Smallest f32 top-1 margin (probability of the best minus the second class) among the images whose
+    /// class differs, or `null` when all agree: a small margin means a near tie, not a broken graph.
+    pub min_disagreeing_margin: Option<f32>,
+}
+
+/// Compares `model` (a lower-precision artifact) with the f32 fused graph of the same source on the
+/// synthetic samples and on `images`.
+fn accuracy_report(
+    source: &Source,
+    spec: &PreprocessSpec,
+    model: &Model,
+    precision: Precision,
+    images: &[PathBuf],
+) -> Result<AccuracyReport, ExportError> {
+    let failed = |reason: String| ExportError::SelfCheck(reason);
+    let (reference, logits_slot) =
+        compile_for_logits(source.graph_in(spec, VitInput::Pixels, Precision::F32)?, "the f32 graph")?;
+    let side = model.manifest().graph.width;
+    let mut synthetic = vec![];
+    for pixels in sample_images_n(side as usize, ACCURACY_SAMPLES) {
+        synthetic.push(png(&pixels, side)?);
+    }
+    let mut given = vec![];
+    for path in images {
+        given.push(std::fs::read(path).map_err(|source| ExportError::Io { path: path.clone(), source })?);
+    }
+    let mut sets = vec![];
+    for (name, inputs) in [("synthetic", synthetic), ("given", given)] {
+        if inputs.is_empty() {
+            continue;
+        }
+        let mut prepared = vec![];
+        for (i, input) in inputs.iter().enumerate() {
+            prepared.push(model.prepare(input).map_err(|e| failed(format!("{name} image {i}: {e}")))?);
+        }
+        let predictions = model.infer(&prepared).map_err(|e| failed(e.to_string()))?;
+        let (mut agree, mut max_delta, mut min_margin) = (0usize, 0f32, None::<f32>);
+        for (image, prediction) in prepared.iter().zip(&predictions) {
+            let input = Tensor::from_shape(&[1, side as usize, side as usize, 3], image.pixels())
+                .map_err(|e| failed(format!("{e:#}")))?;
+            let outputs = reference.run(tvec!(input.into_tvalue())).map_err(|e| failed(format!("{e:#}")))?;
+            let logits: Vec<f32> = outputs[logits_slot]
+                .to_plain_array_view::<f32>()
+                .map_err(|e| failed(format!("{e:#}")))?
+                .iter()
+                .copied()
+                .collect();
+            let (top, confidence, margin) = top_two(&softmax(&logits));
+            max_delta = max_delta.max((prediction.confidence - confidence).abs());
+            if prediction.class_index == top {
+                agree += 1;
+            } else {
+                min_margin = Some(min_margin.map_or(margin, |m| m.min(margin)));
+            }
+        }
+        sets.push(AccuracySet {
+            name: name.into(),
+            images: prepared.len(),
+            top1_agreement: agree as f64 / prepared.len() as f64,
+            max_confidence_delta: max_delta,
+            min_disagreeing_margin: min_margin,
+        });
+    }
+    Ok(AccuracyReport {
+        precision: precision.name().into(),
+        reference: "the f32 graph of the same checkpoint, run by tract on the same prepared images".into(),
+        sets,
+    })
+}
+
+/// Compiles a reference graph, returning it with the output slot of its logits.
+fn compile_for_logits(
+    graph: TypedModel,
+    what: &str,
+) -> Result<(Arc<TypedRunnableModel>, usize), ExportError> {
+    let failed = |reason: String| ExportError::SelfCheck(reason);
+    // Optimization renames and removes nodes, so find the logits output by name first.
+    let logits_slot = graph
+        .output_outlets()
+        .ok()
+        .and_then(|outputs| outputs.iter().position(|o| graph.node(o.node).name == crate::LOGITS_OUTPUT))
+        .ok_or_else(|| failed(format!("{what} has no logits output")))?;
+    let plan = graph
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| failed(format!("{what} does not compile: {e:#}")))?;
+    Ok((plan, logits_slot))
+}
+
+/// The top class, its probability, and its margin over the second.
+fn top_two(probabilities: &[f32]) -> (usize, f32, f32) {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|a, b| probabilities[*b].total_cmp(&probabilities[*a]));
+    let top = order[0];
+    let margin = order.get(1).map_or(f32::INFINITY, |second| probabilities[top] - probabilities[*second]);
+    (top, probabilities[top], margin)
 }
 
 fn write_graph(model: &TypedModel, path: &Path) -> Result<(), ExportError> {
@@ -193,9 +362,14 @@ fn source_file(path: &Path) -> Result<SourceFile, ExportError> {
     Ok(SourceFile { path: name, sha256, bytes })
 }
 
-/// Deterministic `side x side` RGB images (gradients and a pseudo-random texture), HWC `u8`.
+/// The warm-up samples: deterministic `side x side` RGB images, HWC `u8`.
 fn sample_images(side: usize) -> Vec<Vec<u8>> {
-    (0..SAMPLES)
+    sample_images_n(side, SAMPLES)
+}
+
+/// `count` deterministic `side x side` RGB images (gradients and a pseudo-random texture), HWC `u8`.
+fn sample_images_n(side: usize, count: usize) -> Vec<Vec<u8>> {
+    (0..count)
         .map(|sample| {
             let mut state = 0x9e37_79b9_u32.wrapping_mul(sample as u32 + 1);
             (0..side * side * 3)
@@ -244,27 +418,15 @@ fn self_check(
     let predictions = model.predict(&inputs).map_err(|e| failed(e.to_string()))?;
 
     let side = manifest.graph.width as usize;
-    let reference = source.graph(spec, VitInput::PixelValues)?;
-    // Optimization renames and removes nodes, so find the logits output by name first.
-    let logits_slot = reference
-        .output_outlets()
-        .ok()
-        .and_then(|outputs| outputs.iter().position(|o| reference.node(o.node).name == crate::LOGITS_OUTPUT))
-        .ok_or_else(|| failed("the source graph has no logits output".into()))?;
-    let reference = reference
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| failed(format!("the source graph does not compile: {e:#}")))?;
+    let (reference, logits_slot) =
+        compile_for_logits(source.graph(spec, VitInput::PixelValues)?, "the source graph")?;
     let mut max_diff = 0f32;
     for (i, (pixels, prediction)) in samples.iter().zip(predictions).enumerate() {
         let prediction = prediction.map_err(|e| failed(format!("sample {i}: {e}")))?;
         let logits = run_reference(&reference, logits_slot, pixels, side, spec)
             .map_err(|e| failed(format!("{e:#}")))?;
         let probabilities = softmax(&logits);
-        let mut order: Vec<usize> = (0..probabilities.len()).collect();
-        order.sort_by(|a, b| probabilities[*b].total_cmp(&probabilities[*a]));
-        let top = order[0];
-        let margin = order.get(1).map_or(f32::INFINITY, |second| probabilities[top] - probabilities[*second]);
+        let (top, _, margin) = top_two(&probabilities);
         let diff = (prediction.confidence - probabilities[top]).abs();
         max_diff = max_diff.max(diff);
         if (prediction.class_index != top && margin > SELF_CHECK_TOLERANCE) || diff > SELF_CHECK_TOLERANCE {
@@ -299,4 +461,42 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
     let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// An int8 export publishes its accuracy report, lists it in the manifest, and records its precision.
+    #[test]
+    fn int8_export_publishes_an_accuracy_report() -> TestResult {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+        let base = tempfile::tempdir()?;
+        let request = ExportRequest {
+            checkpoint: fixtures.join("models/tiny-vit"),
+            base: base.path().to_owned(),
+            version: None,
+            resize: ResizeMode::Pil,
+            precision: Precision::Int8,
+            accuracy_images: vec![fixtures.join("images/chelsea.jpg"), fixtures.join("images/rocket.jpg")],
+        };
+        let report = export(&request, &mut |_| {})?;
+        let accuracy = report.accuracy.ok_or("no accuracy report")?;
+        let names: Vec<&str> = accuracy.sets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["synthetic", "given"]);
+        assert_eq!(accuracy.sets[1].images, 2);
+        for set in &accuracy.sets {
+            assert!(set.top1_agreement >= MIN_TOP1_AGREEMENT, "{set:?}");
+            assert!(set.max_confidence_delta < 0.05, "{set:?}");
+        }
+        let model = Model::load(&report.version_dir)?;
+        assert_eq!(model.manifest().graph.precision, "int8");
+        assert!(model.manifest().files.contains_key(ACCURACY_FILE));
+        let written: AccuracyReport =
+            serde_json::from_slice(&std::fs::read(report.version_dir.join(ACCURACY_FILE))?)?;
+        assert_eq!(written, accuracy);
+        Ok(())
+    }
 }

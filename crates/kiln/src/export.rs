@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ::export::{ExportRequest, export};
+use ::export::{ExportRequest, Precision, export};
 use anyhow::Context;
 use artifact::ResizeMode;
 use clap::{Args, ValueEnum};
@@ -24,6 +24,19 @@ pub struct ExportArgs {
     /// How images are resized: `pil` (what ViTImageProcessor does) or `tf` (tf.image.resize bilinear).
     #[arg(long, value_enum, default_value_t = Resize::Pil)]
     resize: Resize,
+    /// Arithmetic of the encoder's linear layers: `f32`, or `int8` (int8 weights and per-token int8
+    /// activations; published only if it agrees with f32 on top-1 for at least 99 % of the check images).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
+    /// Images (JPEG/PNG) to include in a lower-precision export's accuracy report, besides synthetic ones.
+    #[arg(long = "accuracy-image", value_name = "FILE")]
+    accuracy_images: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    Int8,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -41,6 +54,11 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             Resize::Pil => ResizeMode::Pil,
             Resize::Tf => ResizeMode::Tf,
         },
+        precision: match args.precision {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Int8 => Precision::Int8,
+        },
+        accuracy_images: args.accuracy_images,
     };
     let started = Instant::now();
     let report = export(&request, &mut |stage| {
@@ -50,10 +68,23 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     for (stage, seconds) in &report.stages {
         eprintln!("  {stage:<16} {seconds:>6.2}s");
     }
-    eprintln!(
-        "self-check: {} samples, max |confidence difference| {:.2e}",
-        report.samples, report.max_confidence_diff
-    );
+    match &report.accuracy {
+        None => eprintln!(
+            "self-check: {} samples, max |confidence difference| {:.2e}",
+            report.samples, report.max_confidence_diff
+        ),
+        Some(accuracy) => {
+            for set in &accuracy.sets {
+                eprintln!(
+                    "accuracy vs f32, {} {} images: top-1 agreement {:.1} %, max |confidence difference| {:.2e}",
+                    set.images,
+                    set.name,
+                    100.0 * set.top1_agreement,
+                    set.max_confidence_delta
+                );
+            }
+        }
+    }
     println!("{}", report.version_dir.display());
     Ok(ExitCode::SUCCESS)
 }

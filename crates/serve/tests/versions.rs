@@ -207,6 +207,8 @@ async fn serving_version_corrupted_on_disk_reports_data_loss_and_keeps_serving()
         base: staging.path().to_owned(),
         version: Some(1),
         resize: artifact::ResizeMode::Tf,
+        precision: export::Precision::F32,
+        accuracy_images: vec![],
     };
     let other = export::export(&request, &mut |_| {})?.version_dir;
     for name in [export::GRAPH_FILE, artifact::MANIFEST_FILE, artifact::MANIFEST_DIGEST_FILE] {

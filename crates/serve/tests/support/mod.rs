@@ -42,6 +42,8 @@ pub fn export_version(base: &Path, version: u64) -> TestResult<PathBuf> {
         base: base.to_owned(),
         version: Some(version),
         resize: artifact::ResizeMode::Pil,
+        precision: export::Precision::F32,
+        accuracy_images: vec![],
     };
     Ok(export::export(&request, &mut |_| {})?.version_dir)
 }

@@ -133,7 +133,7 @@ pub fn run(args: &Args) -> Result<()> {
             .arg(&checkpoint)
             .arg("--base")
             .arg(&base)
-            .args(if precision == "f32" { vec![] } else { vec!["--precision", precision] })
+            .args(precision_args(&root, precision))
             .stderr(Stdio::inherit())
             .output()
             .context("running kiln export")?;
@@ -143,7 +143,14 @@ pub fn run(args: &Args) -> Result<()> {
             continue;
         }
         let dir = String::from_utf8(output.stdout)?.trim().to_owned();
-        exports.insert(precision, json!({"seconds": started.elapsed().as_secs_f64(), "dir": dir}));
+        let accuracy: Value = fs::read(Path::new(&dir).join("accuracy.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or(Value::Null);
+        exports.insert(
+            precision,
+            json!({"seconds": started.elapsed().as_secs_f64(), "dir": dir, "accuracy": accuracy}),
+        );
         artifact_args.push(format!("{precision}={dir}"));
     }
 
@@ -215,7 +222,8 @@ pub fn run(args: &Args) -> Result<()> {
         worker.call(&json!({"op": "quit"}))?;
     }
 
-    let markdown = report(&results, &cold, args);
+    let mut markdown = report(&results, &cold, args);
+    accuracy_table(&mut markdown, &exports);
     let document = json!({
         "quick": args.quick,
         "threads": args.threads,
@@ -497,6 +505,49 @@ fn report(results: &[Measurement], cold: &BTreeMap<&str, Value>, args: &Args) ->
         }
     }
     md
+}
+
+/// `kiln export` arguments for `precision`: lower precisions also report their accuracy on [`IMAGES`].
+fn precision_args(root: &Path, precision: &str) -> Vec<String> {
+    if precision == "f32" {
+        return vec![];
+    }
+    let mut args = vec!["--precision".to_owned(), precision.to_owned()];
+    for image in IMAGES {
+        args.push("--accuracy-image".to_owned());
+        args.push(root.join("fixtures/images").join(image).display().to_string());
+    }
+    args
+}
+
+/// Appends the lower-precision artifacts' accuracy reports (their `accuracy.json`) and export times.
+fn accuracy_table(md: &mut String, exports: &BTreeMap<&str, Value>) {
+    let _ = writeln!(
+        md,
+        "\n## Exports (lower precisions: agreement with f32, from the artifact's accuracy.json)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| precision | export s | image set | images | top-1 agreement | max abs confidence delta |"
+    );
+    let _ = writeln!(md, "|---|---:|---|---:|---:|---:|");
+    for (precision, export) in exports {
+        let seconds = export["seconds"].as_f64().unwrap_or(f64::NAN);
+        let sets = export["accuracy"]["sets"].as_array().cloned().unwrap_or_default();
+        if sets.is_empty() {
+            let _ = writeln!(md, "| {precision} | {seconds:.1} | - | - | - | - |");
+        }
+        for set in sets {
+            let _ = writeln!(
+                md,
+                "| {precision} | {seconds:.1} | {} | {} | {:.1} % | {:.2e} |",
+                set["name"].as_str().unwrap_or("?"),
+                set["images"],
+                100.0 * set["top1_agreement"].as_f64().unwrap_or(f64::NAN),
+                set["max_confidence_delta"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
 }
 
 fn is_pipeline(engine: Engine) -> bool {

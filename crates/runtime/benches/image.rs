@@ -1,0 +1,46 @@
+//! The image path's cost per stage: `cargo bench -p runtime`.
+//!
+//! The stages are private, so they are isolated through [`runtime::prepare`]: with the `nearest` filter
+//! resizing costs next to nothing and the time is base64 + decode; the Pillow bilinear and bicubic rows
+//! add the real resize on top. Each row is one fixture image at its own size, prepared to 224x224.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use artifact::{PreprocessSpec, ResampleFilter, ResizeMode};
+use base64::Engine as _;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use runtime::{ImageLimits, prepare};
+
+/// Fixture images: a small photo, a mid-size one, a 5-megapixel one.
+const IMAGES: &[&str] = &["chelsea.jpg", "astronaut-420.jpg", "large-2400x2093.jpg"];
+
+fn spec(resize: ResizeMode, resample: ResampleFilter) -> PreprocessSpec {
+    PreprocessSpec { resize, resample, rescale_factor: 1.0 / 255.0, mean: [0.5; 3], std: [0.5; 3] }
+}
+
+fn image_path(c: &mut Criterion) {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/images");
+    let limits = ImageLimits::default();
+    let variants = [
+        ("decode (base64 + jpeg, nearest resize)", spec(ResizeMode::Pil, ResampleFilter::Nearest)),
+        ("decode + pil bilinear resize", spec(ResizeMode::Pil, ResampleFilter::Bilinear)),
+        ("decode + pil bicubic resize", spec(ResizeMode::Pil, ResampleFilter::Bicubic)),
+        ("decode + tf bilinear resize", spec(ResizeMode::Tf, ResampleFilter::Bilinear)),
+    ];
+    for name in IMAGES {
+        let bytes = std::fs::read(fixtures.join(name)).expect("fixture image");
+        let text = base64::engine::general_purpose::STANDARD.encode(&bytes).into_bytes();
+        let mut group = c.benchmark_group(format!("prepare/{name}"));
+        group.throughput(Throughput::Elements(1));
+        for (variant, spec) in &variants {
+            group.bench_function(*variant, |b| {
+                b.iter(|| prepare(black_box(&text), spec, 224, 224, &limits).expect("prepares"))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, image_path);
+criterion_main!(benches);

@@ -55,6 +55,14 @@ fn decode_base64(text: &[u8]) -> Result<Vec<u8>, InstanceError> {
             other => other,
         })
         .collect();
+    // The decoder reports where *it* stopped, which for binary input can be far past the first byte that
+    // is not base64 at all; name that byte instead.
+    let outside_alphabet = symbols
+        .iter()
+        .position(|&byte| !(byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'/' | b'=')));
+    if let Some(index) = outside_alphabet {
+        return Err(invalid_symbol(text, text_offset(text, index)));
+    }
     LENIENT.decode(&symbols).map_err(|error| match error {
         DecodeError::InvalidByte(index, _) | DecodeError::InvalidLastSymbol(index, _) => {
             invalid_symbol(text, text_offset(text, index))
@@ -148,8 +156,15 @@ mod tests {
 
     #[test]
     fn random_binary_bytes_are_invalid_base64() {
-        let random: Vec<u8> = (0u32..64).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        assert!(matches!(image_bytes(&random), Err(InstanceError::InvalidBase64 { .. })));
+        let random: Vec<u8> = (0u32..4096).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let first = random
+            .iter()
+            .position(|&b| !(b.is_ascii_alphanumeric() || b"+/=-_".contains(&b) || b.is_ascii_whitespace()))
+            .expect("random bytes contain a non-base64 byte");
+        assert_eq!(
+            image_bytes(&random),
+            Err(InstanceError::InvalidBase64 { offset: first, byte: random[first] })
+        );
     }
 
     #[test]

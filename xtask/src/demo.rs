@@ -102,7 +102,7 @@ async fn serve_and_call(kiln: &Path, base: &Path, image: &[u8]) -> anyhow::Resul
 }
 
 /// What `tf.make_tensor_proto([value])` builds: a DT_STRING tensor of shape [1].
-fn string_tensor(value: Vec<u8>) -> TensorProto {
+pub(crate) fn string_tensor(value: Vec<u8>) -> TensorProto {
     TensorProto {
         dtype: DataType::DtString as i32,
         tensor_shape: Some(TensorShapeProto {

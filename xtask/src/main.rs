@@ -7,6 +7,8 @@
 //! cargo xtask fixtures            # regenerate fixtures/ with the pinned Python environment
 //! cargo xtask fixtures --check    # verify fixtures/ against fixtures/CHECKSUMS, no Python needed
 //! cargo xtask fixtures vit-base   # write a random-weight ViT-B/16 checkpoint to target/vit-base
+//! cargo xtask fuzz --seconds 60  # every fuzz target for 60 s each (nightly + cargo-fuzz)
+//! cargo xtask soak --seconds 60  # kiln serve under 70/30 good/bad load across a version swap
 //! cargo xtask bench [--quick]     # kiln vs ONNX Runtime vs PyTorch on ViT-B/16, tables in target/bench
 //! cargo xtask client-compat       # the seed's Python REST + gRPC clients against kiln serve (PyPI)
 //! ```
@@ -15,7 +17,9 @@ mod bench;
 mod client_compat;
 mod demo;
 mod fixtures;
+mod fuzz;
 mod served;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +48,10 @@ enum Task {
     Demo,
     /// Regenerate or verify the committed test fixtures, or write the full-size benchmark checkpoint.
     Fixtures(fixtures::Args),
+    /// Run every cargo-fuzz target in crates/fuzz for a bounded time; fails on any crash.
+    Fuzz(fuzz::Args),
+    /// Drive `kiln serve` with concurrent good and bad REST/gRPC requests across a version swap.
+    Soak(soak::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +62,8 @@ fn main() -> ExitCode {
         Task::ClientCompat => client_compat::run(),
         Task::Demo => demo::run(),
         Task::Fixtures(args) => fixtures::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
+        Task::Soak(args) => soak::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -66,6 +66,16 @@ impl KilnServer {
         Ok(server.wait_ready().await?.then_some(server))
     }
 
+    /// The server's process id, for reading its memory use from `/proc/<pid>/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running (it has not crashed or exited on its own).
+    pub fn is_running(&mut self) -> anyhow::Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
+    }
+
     /// `http://127.0.0.1:<rest port>`.
     pub fn rest_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.rest_port)

@@ -116,6 +116,8 @@ def grpc_seeds():
     write("grpc_predict", "broadcast.pb", predict_request([(b"string_input", tensor([4], [b"aGk="]))]))
     write("grpc_predict", "float.pb", predict_request([(b"x", tensor([1], [], dtype=1))], output_filter=[b"label"]))
     write("grpc_predict", "rank2.pb", predict_request([(b"string_input", tensor([1, 1], [b"aGk="]))]))
+    # Regression input: broadcasting one value over shape [2^40] once aborted the server (see grpc.rs).
+    write("grpc_predict", "broadcast-2pow40.pb", predict_request([(b"string_input", tensor([1 << 40], [b"aGk="]))]))
     write("grpc_predict", "negative.pb", predict_request([(b"string_input", tensor([-1], [b"aGk="]))], version=-2))
 
 

@@ -397,8 +397,9 @@ mod tests {
         Ok(())
     }
 
-    /// Found by the grpc_predict fuzz target: a 30-byte request with shape [2^40] and one string_val
-    /// made the broadcast allocate 2^40 copies and abort the server.
+    /// Found while writing the grpc_predict fuzz target and reproduced with it (the input is its seed
+    /// `broadcast-2pow40.pb`): a 61-byte request with shape [2^40] and one string_val made the broadcast
+    /// allocate 2^40 copies and abort the server.
     #[test]
     fn broadcast_beyond_the_request_limit_is_refused_before_allocating() {
         let huge = strings(&[1 << 40], &["aGk="]);

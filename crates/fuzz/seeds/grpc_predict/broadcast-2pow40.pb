@@ -1,0 +1,4 @@
+
+
+vitserving_default#
+string_input	€€€€€ BaGk=

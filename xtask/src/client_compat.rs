@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{Context, bail, ensure};
 
 use crate::served::KilnServer;
-use crate::workspace_root;
+use crate::{release_kiln, workspace_root};
 
 /// The image the snippets send as `cat.jpg`.
 const IMAGE: &str = "fixtures/images/chelsea.jpg";
@@ -25,8 +25,7 @@ pub fn run() -> anyhow::Result<()> {
     let root = workspace_root();
     let work = root.join("target/client-compat");
     let python = venv(&root)?;
-    build_kiln(&root)?;
-    let kiln = root.join("target/release/kiln");
+    let kiln = release_kiln()?;
 
     if work.exists() {
         std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
@@ -94,13 +93,6 @@ fn venv(root: &Path) -> anyhow::Result<PathBuf> {
         .status()?;
     ensure!(status.success(), "pip install -r {} failed", requirements.display());
     Ok(python)
-}
-
-fn build_kiln(root: &Path) -> anyhow::Result<()> {
-    let status =
-        Command::new(env!("CARGO")).args(["build", "--release", "-p", "kiln"]).current_dir(root).status()?;
-    ensure!(status.success(), "building kiln failed");
-    Ok(())
 }
 
 /// Runs one snippet from `xtask/client-compat` in `work` (where its `cat.jpg` is); returns stdout.

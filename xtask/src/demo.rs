@@ -12,7 +12,7 @@ use serve::proto::tensorflow::serving::{ModelSpec, PredictRequest, PredictRespon
 use serve::proto::tensorflow::{DataType, TensorProto, TensorShapeProto, tensor_shape_proto};
 
 use crate::served::KilnServer;
-use crate::workspace_root;
+use crate::{release_kiln, workspace_root};
 
 /// The image the serving half of the demo sends.
 const SERVED_IMAGE: &str = "chelsea.jpg";
@@ -23,13 +23,13 @@ const IMAGES: &[&str] = &["shape-red-circle.jpg", "shape-green-square.jpg", "che
 /// Builds the `kiln` binary, then runs export, show and run with it, as a user would.
 pub fn run() -> anyhow::Result<()> {
     let root = workspace_root();
-    let status =
-        Command::new(env!("CARGO")).args(["build", "--release", "-p", "kiln"]).current_dir(&root).status()?;
-    if !status.success() {
-        bail!("building kiln failed");
-    }
-    let kiln = root.join("target/release/kiln");
+    let kiln = release_kiln()?;
     let base = root.join("target/demo/vit");
+    // A fresh base each run, so the walkthrough always shows version 1 being created.
+    if base.exists() {
+        std::fs::remove_dir_all(&base)
+            .with_context(|| format!("removing the previous demo {}", base.display()))?;
+    }
     let base = base.to_str().context("utf-8 path")?;
     let checkpoint = root.join("fixtures/models/tiny-vit");
     let version_dir =

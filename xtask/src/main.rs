@@ -4,6 +4,7 @@
 //! behaviour call the library crates rather than reimplementing them.
 //!
 //! ```text
+//! cargo xtask export ARGS...      # `kiln export ARGS...` from a release build (same code as the CLI)
 //! cargo xtask fixtures            # regenerate fixtures/ with the pinned Python environment
 //! cargo xtask fixtures --check    # verify fixtures/ against fixtures/CHECKSUMS, no Python needed
 //! cargo xtask fixtures vit-base   # write a random-weight ViT-B/16 checkpoint to target/vit-base
@@ -22,7 +23,9 @@ mod served;
 mod soak;
 
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
+
+use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +49,12 @@ enum Task {
     /// Export the committed fixture model, show its signature, classify a few images, then serve it and
     /// send REST and gRPC predict requests.
     Demo,
+    /// Export a checkpoint into an artifact: `kiln export` (same flags), built in release mode first.
+    Export {
+        /// Arguments for `kiln export`, e.g. `--checkpoint DIR --base DIR [--version N] [--resize tf]`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
     /// Regenerate or verify the committed test fixtures, or write the full-size benchmark checkpoint.
     Fixtures(fixtures::Args),
     /// Run every cargo-fuzz target in crates/fuzz for a bounded time; fails on any crash.
@@ -61,6 +70,7 @@ fn main() -> ExitCode {
         Task::BenchWorker(args) => bench::run_worker(&args),
         Task::ClientCompat => client_compat::run(),
         Task::Demo => demo::run(),
+        Task::Export { args } => export(&args),
         Task::Fixtures(args) => fixtures::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Soak(args) => soak::run(&args),
@@ -72,6 +82,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `kiln export` with `args`, so pipelines that drive the workspace through xtask export with exactly the
+/// code (and flags) users run.
+fn export(args: &[String]) -> anyhow::Result<()> {
+    let status = Command::new(release_kiln()?).arg("export").args(args).status()?;
+    anyhow::ensure!(status.success(), "kiln export failed ({status})");
+    Ok(())
+}
+
+/// Builds the `kiln` binary in release mode and returns its path: tasks drive kiln as a user would.
+fn release_kiln() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "kiln"])
+        .current_dir(&root)
+        .status()
+        .context("starting cargo build --release -p kiln")?;
+    anyhow::ensure!(status.success(), "building kiln failed");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(target_dir.join("release").join(format!("kiln{}", std::env::consts::EXE_SUFFIX)))
 }
 
 /// The workspace root, so tasks behave the same from any working directory.

@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 
 use crate::demo::string_tensor;
 use crate::served::KilnServer;
-use crate::workspace_root;
+use crate::{release_kiln, workspace_root};
 
 /// The served model's name.
 const MODEL: &str = "vit";
@@ -59,14 +59,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(args.seconds > 0 && args.clients > 0, "--seconds and --clients must be positive");
     let root = workspace_root();
     let checkpoint = args.model.clone().unwrap_or_else(|| root.join("fixtures/models/tiny-vit"));
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "kiln"])
-        .current_dir(&root)
-        .status()
-        .context("cargo build --release -p kiln")?;
-    ensure!(status.success(), "building kiln failed");
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let kiln = target_dir.join("release/kiln");
+    let kiln = release_kiln()?;
 
     let scratch = tempfile::tempdir().context("creating the soak's temp dir")?;
     let base = scratch.path().join(MODEL);

@@ -92,7 +92,8 @@ fn main() -> TractResult<()> {
     let mut nodes: Vec<_> = per_node.into_iter().collect();
     nodes.sort_by_key(|n| std::cmp::Reverse(n.1));
     println!("\nslowest nodes");
-    for (id, elapsed) in nodes.iter().take(25) {
+    let top = std::env::var("KILN_PROFILE_TOP").ok().and_then(|t| t.parse().ok()).unwrap_or(25);
+    for (id, elapsed) in nodes.iter().take(top) {
         let node = plan.model().node(*id);
         println!("{:>9.2} ms  {:<40} {}", elapsed.as_secs_f64() * 1e3 / runs as f64, node.name, node.op);
     }

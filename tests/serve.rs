@@ -2,16 +2,14 @@
 //! loopback ports picked at run time, REST (reqwest) and gRPC (tonic, kiln's own .proto types) clients,
 //! SIGTERM draining, and the bad-input table of crates/serve/README.md.
 
-use std::io::Read;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use base64::Engine as _;
-use kiln_e2e::{Reference, export, fixture, kiln_binary};
+use kiln_e2e::{KilnServer, Reference, export, fixture, kiln_binary};
 use prost::Message as _;
 use serde_json::{Value, json};
 use serve::proto::tensorflow::serving::model_service_client::ModelServiceClient;
@@ -26,9 +24,6 @@ use tonic::transport::Channel;
 
 /// The e2e parity bar against the Hugging Face reference (tests/export_run.rs).
 const CONFIDENCE_TOLERANCE: f64 = 1e-3;
-
-/// How long the server may take to load and warm the fixture model.
-const READY_WAIT: Duration = Duration::from_secs(60);
 
 /// `--rest_api_timeout_in_ms` of the bad-input server: the REST deadline, header read timeout and
 /// shutdown drain limit, short so the slow-loris cases finish quickly.
@@ -61,132 +56,40 @@ fn close(got: &Value, want: f64) -> bool {
     got.as_f64().is_some_and(|c| (c - want).abs() <= CONFIDENCE_TOLERANCE)
 }
 
-/// A running `kiln serve` child; killed on drop if a test failed before stopping it.
+/// A running `kiln serve` for model `vit` with the addresses and HTTP client the tests use.
 struct Served {
-    child: Child,
+    server: KilnServer,
     rest: String,
     grpc: String,
     grpc_addr: String,
     rest_addr: String,
-    log: Arc<Mutex<String>>,
     http: reqwest::Client,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Two loopback ports that were free a moment ago (`kiln serve`, like TF Serving, treats port 0 as
-/// "disabled", so the test picks the ports; a lost race shows as a bind error and is retried).
-fn free_ports() -> anyhow::Result<(u16, u16)> {
-    let a = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let b = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
 impl Served {
     /// Starts `kiln serve` for model `vit` at `base` and waits until `/readyz` answers 200.
     async fn start(base: &Path, extra: &[&str]) -> anyhow::Result<Served> {
-        let mut last_log = String::new();
-        for _attempt in 0..3 {
-            let (grpc_port, rest_port) = free_ports()?;
-            let mut child = Command::new(kiln_binary()?)
-                .args(["serve", "--host", "127.0.0.1", "--model_name", "vit"])
-                .arg(format!("--port={grpc_port}"))
-                .arg(format!("--rest_api_port={rest_port}"))
-                .arg("--model_base_path")
-                .arg(base)
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("starting kiln serve")?;
-            let log = Arc::new(Mutex::new(String::new()));
-            let mut stderr = child.stderr.take().context("no stderr pipe")?;
-            let sink = log.clone();
-            std::thread::spawn(move || {
-                let mut buffer = [0u8; 4096];
-                while let Ok(n @ 1..) = stderr.read(&mut buffer) {
-                    sink.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_str(&String::from_utf8_lossy(&buffer[..n]));
-                }
-            });
-            let served = Served {
-                child,
-                rest: format!("http://127.0.0.1:{rest_port}"),
-                grpc: format!("http://127.0.0.1:{grpc_port}"),
-                grpc_addr: format!("127.0.0.1:{grpc_port}"),
-                rest_addr: format!("127.0.0.1:{rest_port}"),
-                log,
-                http: reqwest::Client::new(),
-            };
-            if served.wait_ready().await? {
-                return Ok(served);
-            }
-            last_log = served.log();
-            if !last_log.contains("cannot listen on") {
-                break;
-            }
-        }
-        bail!("kiln serve exited before it was ready:\n{last_log}")
-    }
-
-    /// Polls `/readyz`; false if the process exited first.
-    async fn wait_ready(&self) -> anyhow::Result<bool> {
-        let started = Instant::now();
-        let url = format!("{}/readyz", self.rest);
-        while started.elapsed() < READY_WAIT {
-            if let Ok(response) = self.http.get(&url).send().await
-                && response.status().as_u16() == 200
-            {
-                return Ok(true);
-            }
-            if self.exited() {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("kiln serve not ready after {READY_WAIT:?}:\n{}", self.log())
-    }
-
-    fn exited(&self) -> bool {
-        // try_wait needs &mut; a zero-signal kill only probes whether the process is still there.
-        !Command::new("kill")
-            .args(["-0", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        let server = KilnServer::start(&kiln_binary()?, "vit", base, extra).await?;
+        Ok(Served {
+            rest: server.rest_url(),
+            grpc: server.grpc_url(),
+            grpc_addr: server.grpc_addr(),
+            rest_addr: server.rest_addr(),
+            server,
+            http: reqwest::Client::new(),
+        })
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.server.log()
     }
 
     fn sigterm(&self) -> anyhow::Result<()> {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
-        ensure!(status.success(), "kill -TERM failed");
-        Ok(())
+        self.server.sigterm()
     }
 
-    /// Waits for the process to exit, failing after `limit`.
     async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if started.elapsed() > limit {
-                bail!("kiln serve still running {limit:?} after SIGTERM:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.server.wait_exit(limit).await
     }
 
     async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {

@@ -11,8 +11,8 @@ use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 
-use crate::served::KilnServer;
 use crate::{release_kiln, workspace_root};
+use kiln_e2e::KilnServer;
 
 /// The image the snippets send as `cat.jpg`.
 const IMAGE: &str = "fixtures/images/chelsea.jpg";

@@ -11,8 +11,8 @@ use serve::proto::tensorflow::serving::prediction_service_client::PredictionServ
 use serve::proto::tensorflow::serving::{ModelSpec, PredictRequest, PredictResponse, model_spec};
 use serve::proto::tensorflow::{DataType, TensorProto, TensorShapeProto, tensor_shape_proto};
 
-use crate::served::KilnServer;
 use crate::{release_kiln, workspace_root};
+use kiln_e2e::KilnServer;
 
 /// The image the serving half of the demo sends.
 const SERVED_IMAGE: &str = "chelsea.jpg";
@@ -55,7 +55,7 @@ async fn serve_and_call(kiln: &Path, base: &Path, image: &[u8]) -> anyhow::Resul
         "\n$ kiln serve --model_name vit --model_base_path {} --port <free> --rest_api_port <free>",
         base.display()
     );
-    let server = KilnServer::start(kiln, "vit", base).await?;
+    let server = KilnServer::start(kiln, "vit", base, &[]).await?;
     println!("serving: REST {}  gRPC {}", server.rest_url(), server.grpc_url());
 
     // The seed's clients send the base64 text as a plain string and let the model decode it (URL-safe,

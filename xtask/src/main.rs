@@ -19,7 +19,6 @@ mod client_compat;
 mod demo;
 mod fixtures;
 mod fuzz;
-mod served;
 mod soak;
 
 use std::path::PathBuf;

@@ -22,8 +22,8 @@ use serve::proto::tensorflow::{DataType, TensorProto};
 use tonic::transport::Channel;
 
 use crate::demo::string_tensor;
-use crate::served::KilnServer;
 use crate::{release_kiln, workspace_root};
+use kiln_e2e::KilnServer;
 
 /// The served model's name.
 const MODEL: &str = "vit";
@@ -385,7 +385,7 @@ async fn soak(
     cases: Arc<Cases>,
     args: &Args,
 ) -> anyhow::Result<Report> {
-    let mut server = KilnServer::start(kiln, MODEL, base).await?;
+    let mut server = KilnServer::start(kiln, MODEL, base, &[]).await?;
     let pid = server.pid();
     let rss_ready = rss_kib(pid)?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;

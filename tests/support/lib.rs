@@ -1,5 +1,7 @@
-//! Shared plumbing for kiln's end-to-end tests: the real `kiln` binary, the committed fixtures, and
-//! fresh temporary directories.
+//! Shared plumbing for kiln's end-to-end tests: the real `kiln` binary, the committed fixtures, fresh
+//! temporary directories, and [`KilnServer`] (also used by the xtask jobs that drive a real server).
+
+mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -7,6 +9,8 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+
+pub use server::KilnServer;
 
 /// The repository root (the workspace), where `fixtures/` lives.
 pub fn repo_root() -> PathBuf {

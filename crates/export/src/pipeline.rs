@@ -304,7 +304,7 @@ fn write_graph(model: &TypedModel, path: &Path) -> Result<(), ExportError> {
     let file = std::fs::File::create(path).map_err(io)?;
     // The typed graph is written before decluttering: decluttering fuses erf-GELU into GeluExact, which
     // tract-nnef 0.23.9 cannot serialize. The runtime declutters and optimizes at load time.
-    let writer = tract_nnef::nnef().write_to_tar(model, BufWriter::new(file)).map_err(|e| {
+    let writer = runtime::nnef().write_to_tar(model, BufWriter::new(file)).map_err(|e| {
         match e.downcast::<std::io::Error>() {
             // A full disk or a file size limit: name the file, not only the tensor being appended.
             Ok(source) => io(source),

@@ -26,7 +26,7 @@ fn main() -> TractResult<()> {
     let graph = dir.join(manifest["graph"]["file"].as_str().context("graph.file")?);
     let side = manifest["graph"]["width"].as_u64().context("graph.width")? as usize;
     let started = Instant::now();
-    let mut model = tract_nnef::nnef().model_for_path(&graph)?;
+    let mut model = runtime::nnef().model_for_path(&graph)?;
     if std::env::var_os("KILN_PROFILE_CONCRETE").is_some() {
         let n = model.symbols.sym("N");
         let values: HashMap<Symbol, TDim> = HashMap::from([(n, TDim::Val(batch as i64))]);

@@ -3,12 +3,15 @@
 //! The public surface is [`Model`]: [`Model::load`] verifies and compiles an artifact, [`Model::prepare`]
 //! turns one input string (base64 or raw JPEG/PNG bytes) into the graph's input image,
 //! [`Model::infer`] runs a batch of prepared images, and [`Model::predict`] does both for a batch of
-//! strings, giving each instance its own result.
+//! strings, giving each instance its own result. [`nnef`] is the graph reader and writer every kiln graph
+//! goes through: tract's, plus [`QuantizeRows`], the one operation kiln adds (int8 artifacts).
 
 #![deny(missing_docs)]
 
 mod image;
 mod model;
+mod quantize;
 
 pub use self::image::{ImageLimits, InstanceError, PreparedImage, prepare};
 pub use self::model::{Model, Prediction, RuntimeError, RuntimeOptions};
+pub use self::quantize::{QuantizeRows, nnef};

@@ -105,7 +105,7 @@ impl Model {
     ) -> Result<Model, RuntimeError> {
         let graph_error =
             |e: TractError| RuntimeError::Graph { path: graph.to_owned(), reason: format!("{e:#}") };
-        let typed = tract_nnef::nnef().model_for_path(graph).map_err(graph_error)?;
+        let typed = crate::nnef().model_for_path(graph).map_err(graph_error)?;
         let slot_of = |name: &str| -> Result<usize, RuntimeError> {
             let outputs = typed.output_outlets().map_err(graph_error)?;
             outputs.iter().position(|o| typed.node(o.node).name == name).ok_or_else(|| RuntimeError::Graph {

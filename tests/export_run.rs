@@ -109,3 +109,41 @@ fn non_default_config_matches_reference() -> anyhow::Result<()> {
     check_parity("odd-vit", &fixture("models/odd-vit/pytorch_model.bin"), &[])?;
     Ok(())
 }
+
+/// `--precision int8` through the binary: recorded in the manifest with its accuracy report, and the
+/// quantized tiny model still gives the reference's top-1 on every fixture image.
+#[test]
+fn int8_export_keeps_the_reference_top1() -> anyhow::Result<()> {
+    /// Largest |confidence - reference| accepted for the int8 graph (quantization noise, not parity).
+    const INT8_CONFIDENCE_TOLERANCE: f64 = 0.05;
+    let (_base, version_dir) =
+        export(&fixture("models/tiny-vit/model.safetensors"), &["--precision", "int8"])?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(version_dir.join("manifest.json"))?)?;
+    ensure!(manifest["graph"]["precision"] == "int8", "manifest graph: {}", manifest["graph"]);
+    let accuracy: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(version_dir.join("accuracy.json"))?)?;
+    let synthetic = accuracy["sets"]
+        .as_array()
+        .and_then(|sets| sets.iter().find(|set| set["name"] == "synthetic"))
+        .with_context(|| format!("accuracy.json has no synthetic set: {accuracy}"))?;
+    let agreement = synthetic["top1_agreement"].as_f64().context("no top1_agreement")?;
+    ensure!(agreement >= 0.95 && synthetic["images"].as_u64() > Some(0), "accuracy.json: {accuracy}");
+
+    let reference = Reference::load("tiny-vit")?;
+    let images: Vec<String> = reference.images.iter().map(|r| r.image.clone()).collect();
+    let mut max_diff = 0f64;
+    for (expected, got) in reference.images.iter().zip(run_json(&version_dir, &images)?) {
+        ensure!(
+            got["label"] == expected.label.as_str(),
+            "{}: {got}, reference {}",
+            expected.image,
+            expected.label
+        );
+        let confidence = got["confidence"].as_f64().context("no confidence")?;
+        max_diff = max_diff.max((confidence - f64::from(expected.confidence)).abs());
+    }
+    eprintln!("tiny-vit int8: max |confidence diff| {max_diff:.2e}");
+    ensure!(max_diff <= INT8_CONFIDENCE_TOLERANCE, "int8 confidence moved by {max_diff}");
+    Ok(())
+}

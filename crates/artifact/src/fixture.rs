@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::error::ArtifactError;
 use crate::manifest::{
     FORMAT_VERSION, GraphSpec, Manifest, PreprocessSpec, Provenance, ResampleFilter, ResizeMode, Signature,
-    SourceFile, TensorInfo,
+    SourceFile,
 };
 use crate::version::VersionDir;
 use crate::writer::ArtifactWriter;
@@ -19,23 +19,9 @@ pub(crate) fn graph_bytes() -> Vec<u8> {
     (0..(1usize << 20) + 4097).map(|i| (i * 31 % 253) as u8).collect()
 }
 
-fn tensor(dtype: &str, name: &str) -> TensorInfo {
-    TensorInfo { dtype: dtype.into(), shape: vec![-1], name: name.into() }
-}
-
 /// A manifest as an exporter would pass it to `publish`: `files` left empty.
 pub(crate) fn sample_manifest() -> Manifest {
-    let signature = Signature {
-        method_name: "tensorflow/serving/predict".into(),
-        inputs: BTreeMap::from([(
-            "string_input".into(),
-            tensor("DT_STRING", "serving_default_string_input:0"),
-        )]),
-        outputs: BTreeMap::from([
-            ("confidence".into(), tensor("DT_FLOAT", "StatefulPartitionedCall:0")),
-            ("label".into(), tensor("DT_STRING", "StatefulPartitionedCall:1")),
-        ]),
-    };
+    let signature = Signature::serving_default();
     Manifest {
         format_version: FORMAT_VERSION,
         graph: GraphSpec {

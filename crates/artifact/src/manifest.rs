@@ -74,6 +74,27 @@ pub struct Signature {
     pub outputs: BTreeMap<String, TensorInfo>,
 }
 
+impl Signature {
+    /// The `serving_default` signature every kiln artifact has: TF Serving's SavedModel signature
+    /// (`string_input` strings in, `confidence` and `label` out, batch dimension unknown), defined once
+    /// here so exporters, readers and tests cannot drift apart.
+    pub fn serving_default() -> Signature {
+        let tensor =
+            |dtype: &str, name: &str| TensorInfo { dtype: dtype.into(), shape: vec![-1], name: name.into() };
+        Signature {
+            method_name: "tensorflow/serving/predict".into(),
+            inputs: BTreeMap::from([(
+                "string_input".to_owned(),
+                tensor("DT_STRING", "serving_default_string_input:0"),
+            )]),
+            outputs: BTreeMap::from([
+                ("confidence".to_owned(), tensor("DT_FLOAT", "StatefulPartitionedCall:0")),
+                ("label".to_owned(), tensor("DT_STRING", "StatefulPartitionedCall:1")),
+            ]),
+        }
+    }
+}
+
 /// Type, shape and graph name of one signature tensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

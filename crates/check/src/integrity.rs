@@ -167,14 +167,7 @@ mod tests {
     }
 
     fn manifest() -> Manifest {
-        let signature = Signature {
-            method_name: "tensorflow/serving/predict".into(),
-            inputs: BTreeMap::from([("string_input".into(), tensor("DT_STRING"))]),
-            outputs: BTreeMap::from([
-                ("confidence".into(), tensor("DT_FLOAT")),
-                ("label".into(), tensor("DT_STRING")),
-            ]),
-        };
+        let signature = Signature::serving_default();
         Manifest {
             format_version: artifact::FORMAT_VERSION,
             graph: GraphSpec {

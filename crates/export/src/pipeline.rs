@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use artifact::{
     ArtifactWriter, FORMAT_VERSION, GraphSpec, Manifest, PreprocessSpec, Provenance, ResizeMode, Signature,
-    SourceFile, TensorInfo,
+    SourceFile,
 };
 use runtime::{Model, RuntimeOptions};
 use sha2::{Digest, Sha256};
@@ -122,7 +122,7 @@ pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result
             class_output: CLASS_OUTPUT.into(),
             precision: request.precision.name().into(),
         },
-        signatures: BTreeMap::from([("serving_default".to_owned(), serving_default())]),
+        signatures: BTreeMap::from([("serving_default".to_owned(), Signature::serving_default())]),
         labels,
         preprocess: spec.clone(),
         provenance: provenance(&source)?,
@@ -312,23 +312,6 @@ fn write_graph(model: &TypedModel, path: &Path) -> Result<(), ExportError> {
         }
     })?;
     writer.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)
-}
-
-/// The `serving_default` signature of every kiln artifact, as TF Serving's SavedModel had it.
-fn serving_default() -> Signature {
-    let tensor =
-        |dtype: &str, name: &str| TensorInfo { dtype: dtype.into(), shape: vec![-1], name: name.into() };
-    Signature {
-        method_name: "tensorflow/serving/predict".into(),
-        inputs: BTreeMap::from([(
-            "string_input".to_owned(),
-            tensor("DT_STRING", "serving_default_string_input:0"),
-        )]),
-        outputs: BTreeMap::from([
-            ("confidence".to_owned(), tensor("DT_FLOAT", "StatefulPartitionedCall:0")),
-            ("label".to_owned(), tensor("DT_STRING", "StatefulPartitionedCall:1")),
-        ]),
-    }
 }
 
 fn provenance(source: &Source) -> Result<Provenance, ExportError> {

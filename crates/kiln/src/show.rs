@@ -109,25 +109,9 @@ fn show_all(manifest: &Manifest) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn tensor(dtype: &str, name: &str) -> TensorInfo {
-        TensorInfo { dtype: dtype.into(), shape: vec![-1], name: name.into() }
-    }
-
     #[test]
     fn signature_block_matches_saved_model_cli_layout() {
-        let signature = Signature {
-            method_name: "tensorflow/serving/predict".into(),
-            inputs: BTreeMap::from([(
-                "string_input".into(),
-                tensor("DT_STRING", "serving_default_string_input:0"),
-            )]),
-            outputs: BTreeMap::from([
-                ("label".into(), tensor("DT_STRING", "StatefulPartitionedCall:1")),
-                ("confidence".into(), tensor("DT_FLOAT", "StatefulPartitionedCall:0")),
-            ]),
-        };
+        let signature = Signature::serving_default();
         let expected = "\
 The given SavedModel SignatureDef contains the following input(s):
   inputs['string_input'] tensor_info:

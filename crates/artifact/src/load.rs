@@ -301,6 +301,18 @@ mod tests {
         Ok(())
     }
 
+    /// A build that bumps the version keeps reading every older one.
+    #[test]
+    fn every_older_format_version_is_read() -> TestResult {
+        let (_base, dir) = sample_version()?;
+        for version in 1..FORMAT_VERSION {
+            rewrite_manifest(&dir, |m| m["format_version"] = version.into())?;
+            let artifact = Artifact::open(&dir)?;
+            assert_eq!(artifact.manifest().format_version, version);
+        }
+        Ok(())
+    }
+
     #[test]
     fn a_newer_format_version_is_refused_saying_what_is_supported() -> TestResult {
         let (_base, dir) = sample_version()?;
@@ -312,10 +324,11 @@ mod tests {
         let err = open_err(&dir)?;
         let message = err.to_string();
         assert!(
-            matches!(err, ArtifactError::UnsupportedFormatVersion { found, .. } if found == 2),
+            matches!(err, ArtifactError::UnsupportedFormatVersion { found, .. }
+                if found == u64::from(FORMAT_VERSION) + 1),
             "{message}"
         );
-        assert!(message.contains("format_version 2"), "{message}");
+        assert!(message.contains(&format!("format_version {}", FORMAT_VERSION + 1)), "{message}");
         assert!(message.contains(&format!("1 to {FORMAT_VERSION}")), "{message}");
         assert!(message.contains(MANIFEST_FILE), "{message}");
 

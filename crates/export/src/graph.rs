@@ -90,59 +90,30 @@ impl GraphWiring {
         }
     }
 
-    /// Quantizes `x` to int8 per row (its last axis), symmetrically: returns `round(x / s)` as `i8` and
-    /// the per-row scale `s = max|x| / 127` (kept as a trailing axis of size 1). Done at run time, so
-    /// the scale follows each token's actual range instead of a calibrated guess. One runtime
-    /// operation ([`runtime::QuantizeRows`]) where tract's own abs, reduce, scale, round and scalar
-    /// f32 -> i8 cast cost about a quarter of the int8 ViT-B's time.
-    pub fn quantize_rows(&mut self, name: &str, x: OutletId) -> TractResult<(OutletId, OutletId)> {
-        let outputs = self
-            .model
-            .wire_node(name, runtime::QuantizeRows, &[x])
-            .with_context(|| format!("wiring {name}"))?;
-        Ok((outputs[0], outputs[1]))
-    }
-
-    /// `x @ weight^T + bias` on int8 operands: `x` comes from [`GraphWiring::quantize_rows`] with its
-    /// per-row scale, `weight` (`[out, in]`, f32) is quantized here per output channel. The product
-    /// accumulates in i32 (tract's VNNI kernels on AVX-512 VNNI machines) and is scaled back to f32 by
-    /// both scales before the bias is added.
+    /// `x @ weight^T + bias` on int8 operands, as one runtime operation ([`runtime::LinearI8`]):
+    /// `weight` (`[out, in]`, f32) is quantized here per output channel, `x` per row at run time
+    /// (the scale follows each token's actual range instead of a calibrated guess); the product
+    /// accumulates in i32 and is scaled back to f32 before the bias is added.
     pub fn linear_int8(
         &mut self,
         name: &str,
-        (x, x_scale): (OutletId, OutletId),
+        x: OutletId,
         weight: &Tensor,
         bias: Option<Tensor>,
     ) -> TractResult<OutletId> {
         let (quantized, scales) = quantize_channels(weight)?;
-        let rank = self.model.outlet_fact(x)?.rank();
-        let batch: String = "abcdefgh".chars().take(rank - 1).collect();
-        let w = self.konst(&format!("{name}.weight_i8"), quantized)?;
-        // The quantized form of EinSum (ONNX MatMulInteger's lowering): zero points 0 and unit scales,
-        // i32 out. The plain form with i8 operands and i32 accumulation does not survive NNEF
-        // serialization, which demands the operand type as accumulator for plain matmuls.
-        let mut inputs = vec![x, w, self.konst(&format!("{name}.bias_i32"), tensor0(0i32))?];
-        for (what, value) in [("a0", 0f32), ("a_scale", 1.0), ("b0", 0.0), ("b_scale", 1.0), ("c0", 0.0)] {
-            let wire = match what {
-                "a0" | "b0" | "c0" => self.konst(&format!("{name}.{what}"), tensor0(value as i32))?,
-                _ => self.konst(&format!("{name}.{what}"), tensor0(value))?,
-            };
-            inputs.push(wire);
-        }
-        inputs.push(self.konst(&format!("{name}.c_scale"), tensor0(1f32))?);
-        let expr = format!("{batch}i,oi,,,,,,,->{batch}o").parse()?;
-        let op = EinSum::newq(expr, i32::datum_type(), f32::datum_type());
-        let product = self.op(&format!("{name}.matmul_i8"), op, &inputs)?;
-        let per_row = self.binary(&format!("{name}.row_scale"), ops::math::mul(), product, x_scale)?;
-        let scales = self.konst(&format!("{name}.weight_scale"), scales)?;
-        let y = self.binary(&format!("{name}.channel_scale"), ops::math::mul(), per_row, scales)?;
-        match bias {
-            Some(bias) => {
-                let b = self.konst(&format!("{name}.bias"), bias)?;
-                self.binary(name, ops::math::add(), y, b)
-            }
-            None => Ok(y),
-        }
+        let outputs = quantized.shape()[0];
+        let bias = match bias {
+            Some(bias) => bias,
+            None => Tensor::zero::<f32>(&[outputs])?,
+        };
+        let inputs = [
+            x,
+            self.konst(&format!("{name}.weight_i8"), quantized)?,
+            self.konst(&format!("{name}.weight_scale"), scales)?,
+            self.konst(&format!("{name}.bias"), bias)?,
+        ];
+        self.op(name, runtime::LinearI8, &inputs)
     }
 
     /// Layer normalization over the last axis, as `torch.nn.LayerNorm`.
@@ -298,7 +269,7 @@ mod tests {
     }
 
     /// The int8 linear (runtime per-row quantization, i8 x i8 -> i32, rescale, bias) follows the f32
-    /// one within the error two 8-bit roundings allow.
+    /// one within the error two 8-bit roundings allow, unoptimized and optimized (packed weights).
     #[test]
     fn int8_linear_follows_f32_linear() -> TestResult {
         let (rows, inputs, outputs) = (7, 64, 24);
@@ -308,18 +279,20 @@ mod tests {
         let mut g = GraphWiring::new();
         let source = g.model.add_source("x", f32::fact([1, rows, inputs]))?;
         let exact = g.linear("f32", source, weight.clone(), Some(bias.clone()))?;
-        let quantized = g.quantize_rows("x_i8", source)?;
-        let approx = g.linear_int8("int8", quantized, &weight, Some(bias))?;
+        let approx = g.linear_int8("int8", source, &weight, Some(bias))?;
         g.model.select_output_outlets(&[exact, approx])?;
-        let plan = g.model.into_optimized()?.into_runnable()?;
-        let outputs = plan.run(tvec!(Tensor::from_shape(&[1, rows, inputs], &x)?.into_tvalue()))?;
-        let exact = outputs[0].to_plain_array_view::<f32>()?;
-        let approx = outputs[1].to_plain_array_view::<f32>()?;
-        // Each product is off by at most half a step of each operand: |x|,|w| <= 1, steps 1/127.
-        let tolerance = inputs as f32 * (1.0 / 127.0 + 1.0 / (127.0 * 127.0 * 4.0));
-        let worst = exact.iter().zip(approx.iter()).fold(0f32, |m, (e, a)| m.max((e - a).abs()));
-        assert!(worst <= tolerance, "max |int8 - f32| {worst} above {tolerance}");
-        assert!(worst > 0.0, "the int8 path returned exactly the f32 result: it did not quantize");
+        let input = Tensor::from_shape(&[1, rows, inputs], &x)?;
+        let plain = g.model.clone().into_runnable()?.run(tvec!(input.clone().into_tvalue()))?;
+        let optimized = g.model.into_optimized()?.into_runnable()?.run(tvec!(input.into_tvalue()))?;
+        for outputs in [plain, optimized] {
+            let exact = outputs[0].to_plain_array_view::<f32>()?;
+            let approx = outputs[1].to_plain_array_view::<f32>()?;
+            // Each product is off by at most half a step of each operand: |x|,|w| <= 1, steps 1/127.
+            let tolerance = inputs as f32 * (1.0 / 127.0 + 1.0 / (127.0 * 127.0 * 4.0));
+            let worst = exact.iter().zip(approx.iter()).fold(0f32, |m, (e, a)| m.max((e - a).abs()));
+            assert!(worst <= tolerance, "max |int8 - f32| {worst} above {tolerance}");
+            assert!(worst > 0.0, "the int8 path returned exactly the f32 result: it did not quantize");
+        }
         Ok(())
     }
 }

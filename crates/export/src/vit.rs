@@ -208,15 +208,11 @@ fn dense(
 ) -> TractResult<OutletId> {
     match precision {
         Precision::F32 => g.linear(name, x, weight, bias),
-        Precision::Int8 => {
-            let quantized = g.quantize_rows(&format!("{name}.input_i8"), x)?;
-            g.linear_int8(name, quantized, &weight, bias)
-        }
+        Precision::Int8 => g.linear_int8(name, x, &weight, bias),
     }
 }
 
-/// Self-attention of one layer, `1/sqrt(head_dim)` folded into the query projection. In int8 the
-/// three projections share one quantization of their input.
+/// Self-attention of one layer, `1/sqrt(head_dim)` folded into the query projection.
 fn attention(
     g: &mut GraphWiring,
     config: &VitConfig,
@@ -229,10 +225,6 @@ fn attention(
     let heads = config.num_attention_heads;
     let head_dim = d / heads;
     let prefix = format!("vit.encoder.layer.{layer}.attention");
-    let quantized = match precision {
-        Precision::F32 => None,
-        Precision::Int8 => Some(g.quantize_rows(&format!("layer{layer}.attn.input_i8"), h)?),
-    };
     let mut project = |which: &str, scale: f32| -> TractResult<OutletId> {
         let scaled = |name: String, shape: &[usize]| -> TractResult<Tensor> {
             let values: Vec<f32> = weights.values(&name, shape)?.into_iter().map(|v| v * scale).collect();
@@ -245,10 +237,7 @@ fn attention(
             None
         };
         let name = format!("layer{layer}.attn.{which}");
-        let y = match quantized {
-            Some(quantized) => g.linear_int8(&name, quantized, &weight, bias)?,
-            None => g.linear(&name, h, weight, bias)?,
-        };
+        let y = dense(g, precision, &name, h, weight, bias)?;
         g.op(
             &format!("layer{layer}.attn.{which}.heads"),
             AxisOp::Reshape(2, dims(&[d]), dims(&[heads, head_dim])),

@@ -45,7 +45,9 @@ fn main() -> TractResult<()> {
     let mut state = SimpleState::new(&plan)?;
     let pixels: Vec<u8> = (0..batch * side * side * 3).map(|i| (i * 7919 % 251) as u8).collect();
     let input = Tensor::from_shape(&[batch, side, side, 3], &pixels)?;
-    let executor = Executor::multithread(threads);
+    // One thread runs on the calling thread: a one-worker pool would add a hand-off per matmul and
+    // a spinning second thread.
+    let executor = if threads <= 1 { Executor::SingleThread } else { Executor::multithread(threads) };
     let mut per_node: BTreeMap<usize, Duration> = BTreeMap::new();
     let mut totals = vec![];
     for run in 0..=runs {

@@ -4,14 +4,18 @@
 //! turns one input string (base64 or raw JPEG/PNG bytes) into the graph's input image,
 //! [`Model::infer`] runs a batch of prepared images, and [`Model::predict`] does both for a batch of
 //! strings, giving each instance its own result. [`nnef`] is the graph reader and writer every kiln graph
-//! goes through: tract's, plus [`QuantizeRows`], the one operation kiln adds (int8 artifacts).
+//! goes through: tract's, plus kiln's int8 operations ([`LinearI8`]; [`QuantizeRows`] for format version 1).
 
 #![deny(missing_docs)]
 
 mod image;
+mod linear_i8;
 mod model;
+mod nnef;
 mod quantize;
 
 pub use self::image::{ImageLimits, InstanceError, PreparedImage, prepare};
+pub use self::linear_i8::LinearI8;
 pub use self::model::{Model, Prediction, RuntimeError, RuntimeOptions};
-pub use self::quantize::{QuantizeRows, nnef};
+pub use self::nnef::nnef;
+pub use self::quantize::QuantizeRows;

@@ -1,11 +1,9 @@
-//! `QuantizeRows`: kiln's one custom graph operation, and the NNEF reader/writer that knows it.
+//! `QuantizeRows`: the per-token int8 quantization of format-version-1 int8 graphs, and the row
+//! quantizer every int8 operation of kiln uses.
 //!
-//! An int8 artifact quantizes each linear layer's input per token at run time. Written with tract's
-//! stock operations (abs, max-reduce, scale, round, cast), that step cost about a third of an int8
-//! ViT-B's time on one core: tract's f32 -> i8 cast is a scalar loop, and each step writes a full
-//! copy of the activations. This operation does it in two vectorizable passes over each row and
-//! writes only the i8 result, so it lives in the runtime (the artifact's reader must know it) and is
-//! serialized as the NNEF extension `kiln`.
+//! Format version 1 int8 artifacts quantize each linear layer's input with this operation
+//! (`kiln_quantize_rows`) and multiply with tract's quantized einsum; version 2 fuses the whole layer
+//! into [`crate::LinearI8`]. The runtime keeps reading version 1, so the operation stays.
 
 use tract_nnef::internal::*;
 
@@ -61,8 +59,9 @@ impl EvalOp for QuantizeRows {
 
 /// Quantizes one row into `out` and returns its scale. Both loops are written so the compiler
 /// vectorizes them: lane-wise maxima with plain comparisons (no NaN bookkeeping), and the rounding
-/// done by one addition whose bit pattern's low byte is the result.
-fn quantize_row(row: &[f32], out: &mut [i8]) -> f32 {
+/// done by one addition whose bit pattern's low byte is the result. A row of zeros gets the
+/// smallest positive scale, so it quantizes to zeros without dividing by zero.
+pub(crate) fn quantize_row(row: &[f32], out: &mut [i8]) -> f32 {
     const LANES: usize = 16;
     let mut peaks = [0f32; LANES];
     let chunks = row.chunks_exact(LANES);
@@ -103,11 +102,8 @@ impl TypedOp for QuantizeRows {
     as_op!();
 }
 
-/// tract's NNEF reader and writer with the `kiln` extension ([`QuantizeRows`]) registered: what
-/// reads and writes every kiln graph, so an int8 artifact round-trips.
-pub fn nnef() -> tract_nnef::framework::Nnef {
-    let mut registry = Registry::new("kiln")
-        .with_doc("Extension `kiln`: run-time per-row int8 quantization for kiln's int8 artifacts.");
+/// Registers `kiln_quantize_rows` in the `kiln` NNEF extension.
+pub(crate) fn register(registry: &mut Registry) {
     registry.register_dumper(serialize);
     registry.register_primitive(
         PRIMITIVE,
@@ -115,9 +111,6 @@ pub fn nnef() -> tract_nnef::framework::Nnef {
         &[("quantized", TypeName::Integer.tensor()), ("scale", TypeName::Scalar.tensor())],
         deserialize,
     );
-    let mut nnef = tract_nnef::nnef();
-    nnef.registries.push(registry);
-    nnef
 }
 
 fn serialize(ast: &mut IntoAst, node: &TypedNode, _op: &QuantizeRows) -> TractResult<Option<Arc<RValue>>> {
@@ -164,8 +157,8 @@ mod tests {
         Ok(())
     }
 
-    /// A graph holding the operation survives an NNEF write and read with [`nnef`], and still
-    /// computes the same thing.
+    /// A graph holding the operation survives an NNEF write and read with [`crate::nnef`], and still
+    /// computes the same thing: version 1 int8 artifacts keep loading.
     #[test]
     fn nnef_round_trip_keeps_the_operation() -> TestResult {
         let mut model = TypedModel::default();
@@ -173,8 +166,8 @@ mod tests {
         let outputs = model.wire_node("q", QuantizeRows, &[source])?;
         model.select_output_outlets(&outputs)?;
         let mut buffer = vec![];
-        nnef().write_to_tar(&model, &mut buffer)?;
-        let reloaded = nnef().model_for_read(&mut &buffer[..])?.into_optimized()?.into_runnable()?;
+        crate::nnef().write_to_tar(&model, &mut buffer)?;
+        let reloaded = crate::nnef().model_for_read(&mut &buffer[..])?.into_optimized()?.into_runnable()?;
         let values: Vec<f32> = (0..16).map(|i| i as f32 - 7.5).collect();
         let outputs = reloaded.run(tvec!(Tensor::from_shape(&[2, 8], &values)?.into_tvalue()))?;
         assert_eq!(outputs[0].datum_type(), i8::datum_type());

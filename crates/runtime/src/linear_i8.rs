@@ -193,10 +193,11 @@ impl PackedWeights {
         }
         let plain = input.try_as_plain_ram()?;
         let values = plain.as_slice::<f32>()?;
+        let kernel = Kernel::detect();
         ACTIVATIONS.with_borrow_mut(|activations| {
-            activations.pack(values, k);
+            activations.pack(values, k, kernel);
             let mut out = output.try_as_plain_ram_mut()?;
-            self.apply_packed(activations, Kernel::detect(), out.as_slice_mut::<f32>()?);
+            self.apply_packed(activations, kernel, out.as_slice_mut::<f32>()?);
             TractResult::Ok(())
         })?;
         Ok(output)
@@ -204,7 +205,7 @@ impl PackedWeights {
 
     /// Computes all rows of `out` from `activations`.
     fn apply_packed(&self, activations: &PackedActivations, kernel: Kernel, out: &mut [f32]) {
-        let (packed, row_scales) = (&activations.tiles, &activations.scales);
+        let (packed, row_scales) = (&activations.rows, &activations.scales);
         let k = self.k;
         let rows = row_scales.len();
         let tile_bytes = TOKENS * k.div_ceil(4) * 4;
@@ -239,7 +240,7 @@ impl PackedWeights {
             for first in (0..rows).step_by(TOKENS) {
                 let count = TOKENS.min(rows - first);
                 let tile = Tile {
-                    activations: &packed[first / TOKENS * TOKENS * quads * 4..][..count * quads * 4],
+                    activations: &packed[first * quads * 4..][..count * quads * 4],
                     weights,
                     quads,
                     row_scales: &row_scales[first..first + count],
@@ -279,7 +280,7 @@ impl Kernel {
 
 /// One tile of the product: up to [`TOKENS`] rows by one group of [`CHANNELS`] channels.
 struct Tile<'a> {
-    /// The rows' quantized activations, `[quads][rows][4]` bytes of `x_q + 128`.
+    /// The rows' quantized activations, row-major, `quads * 4` bytes of `x_q + 128` each.
     activations: &'a [u8],
     /// The group's packed weights.
     weights: &'a [i8],
@@ -318,14 +319,13 @@ impl Tile<'_> {
 
     /// The same arithmetic without SIMD, for CPUs without AVX-512 VNNI; also the tests' reference.
     fn compute_portable(&self, out: &mut [f32]) {
-        let rows = self.row_scales.len();
         let n = self.layer.n;
         for (t, &row_scale) in self.row_scales.iter().enumerate() {
             for c in 0..CHANNELS.min(n - self.channel) {
                 let mut acc = 0i32;
                 for q in 0..self.quads {
                     for b in 0..4 {
-                        let x = self.activations[(q * rows + t) * 4 + b] as i32;
+                        let x = self.activations[(t * self.quads + q) * 4 + b] as i32;
                         acc += x * self.weights[(q * CHANNELS + c) * 4 + b] as i32;
                     }
                 }
@@ -350,18 +350,47 @@ mod vnni {
 
     use super::{CHANNELS, LANES, Tile, VECTORS};
 
-    /// Whether this CPU runs [`tile`].
+    /// Whether this CPU runs [`tile`] and [`quantize_row`].
     pub fn available() -> bool {
         is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vnni")
     }
 
+    /// [`super::quantize_row`] stored as `x_q + 128`, in two AVX-512 passes: the scale is computed
+    /// the same way and `vcvtps2dq` rounds to nearest even as the portable rounding trick does, so
+    /// both give the same bytes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub fn quantize_row(values: &[f32], out: &mut [u8]) -> f32 {
+        debug_assert_eq!(values.len(), out.len());
+        let chunks = values.chunks(LANES);
+        let mask = |len: usize| if len == LANES { u16::MAX } else { (1u16 << len) - 1 };
+        let mut peaks = _mm512_setzero_ps();
+        for chunk in chunks.clone() {
+            // SAFETY: the masked load reads `chunk.len()` floats of `chunk`.
+            let v = unsafe { _mm512_maskz_loadu_ps(mask(chunk.len()), chunk.as_ptr()) };
+            peaks = _mm512_max_ps(peaks, _mm512_abs_ps(v));
+        }
+        let scale = _mm512_reduce_max_ps(peaks).max(f32::MIN_POSITIVE) * (1.0 / 127.0);
+        let inverse = _mm512_set1_ps(1.0 / scale);
+        let offset = _mm_set1_epi8(-128);
+        for (chunk, out) in chunks.zip(out.chunks_mut(LANES)) {
+            let m = mask(chunk.len());
+            // SAFETY: masked loads and stores of `chunk.len()` elements, within both slices.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(m, chunk.as_ptr());
+                let q = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v, inverse)));
+                _mm_mask_storeu_epi8(out.as_mut_ptr() as *mut i8, m, _mm_xor_si128(q, offset));
+            }
+        }
+        scale
+    }
+
     /// The tile of `T` rows: `T * VECTORS` accumulators; per 4 inputs, `VECTORS` weight loads, `T`
     /// broadcasts and `T * VECTORS` `vpdpbusd`. Then offset, scale, bias and store, per register.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F, BW and VNNI; `tile.activations` holds `quads * T * 4` bytes,
+    /// The CPU has AVX-512 F, BW and VNNI; `tile.activations` holds `T` rows of `quads * 4` bytes,
     /// `tile.weights` `quads * CHANNELS * 4`, and `out` `T` rows of `n` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn tile<const T: usize>(tile: &Tile, out: &mut [f32]) {
@@ -371,6 +400,7 @@ mod vnni {
         let n = layer.n;
         debug_assert!(out.len() >= (T - 1) * n + tile.channel.min(n));
         let mut acc = [[_mm512_setzero_si512(); VECTORS]; T];
+        let stride = tile.quads * 4;
         let (mut x, mut w) = (tile.activations.as_ptr(), tile.weights.as_ptr());
         for _ in 0..tile.quads {
             // SAFETY: within the slices, per the lengths above.
@@ -378,12 +408,12 @@ mod vnni {
                 let weights: [__m512i; VECTORS] =
                     std::array::from_fn(|v| _mm512_loadu_si512(w.add(v * 64) as *const __m512i));
                 for (t, row) in acc.iter_mut().enumerate() {
-                    let inputs = _mm512_set1_epi32((x.add(t * 4) as *const i32).read_unaligned());
+                    let inputs = _mm512_set1_epi32((x.add(t * stride) as *const i32).read_unaligned());
                     for (sum, weight) in row.iter_mut().zip(&weights) {
                         *sum = _mm512_dpbusd_epi32(*sum, inputs, *weight);
                     }
                 }
-                x = x.add(T * 4);
+                x = x.add(4);
                 w = w.add(CHANNELS * 4);
             }
         }
@@ -412,17 +442,15 @@ mod vnni {
     }
 }
 
-/// Activations quantized into the kernels' layout, in buffers each thread keeps between calls: a
-/// fresh 600 KB buffer per call cost more in page faults than quantizing it (0.4 ms per ViT-B MLP).
+/// Activations quantized for the kernels, in buffers each thread keeps between calls: a fresh
+/// 600 KB buffer per call cost more in page faults than quantizing it (0.4 ms per ViT-B MLP).
 #[derive(Default)]
 struct PackedActivations {
-    /// Tiles of [`TOKENS`] rows, each `[ceil(k / 4)][rows of the tile][4]` bytes of `x_q + 128`
-    /// (unsigned, as `vpdpbusd` wants; padding inputs are 0 + 128 against zero weights).
-    tiles: Vec<u8>,
+    /// Row-major, `ceil(k / 4) * 4` bytes a row of `x_q + 128` (unsigned, as `vpdpbusd` wants; the
+    /// padding inputs are 0 + 128, against zero weights).
+    rows: Vec<u8>,
     /// Per row: its scale.
     scales: Vec<f32>,
-    /// One quantized row, padded to whole groups of 4.
-    row: Vec<i8>,
 }
 
 thread_local! {
@@ -430,26 +458,35 @@ thread_local! {
 }
 
 impl PackedActivations {
-    /// Quantizes the rows of `values` (width `k`) into `self`.
-    fn pack(&mut self, values: &[f32], k: usize) {
-        let quads = k.div_ceil(4);
+    /// Quantizes the rows of `values` (width `k`) into `self`, with `kernel`'s quantizer.
+    fn pack(&mut self, values: &[f32], k: usize, kernel: Kernel) {
+        let width = k.div_ceil(4) * 4;
         let rows = values.len() / k.max(1);
-        self.tiles.clear();
-        self.tiles.resize(rows.div_ceil(TOKENS) * TOKENS * quads * 4, 128);
+        self.rows.clear();
+        self.rows.resize(rows * width, 128);
         self.scales.clear();
-        self.row.clear();
-        self.row.resize(quads * 4, 0);
-        for (r, values) in values.chunks_exact(k.max(1)).enumerate() {
-            self.scales.push(quantize_row(values, &mut self.row[..k]));
-            let (tile, t) = (r / TOKENS, r % TOKENS);
-            let in_tile = TOKENS.min(rows - tile * TOKENS);
-            let tile = &mut self.tiles[tile * TOKENS * quads * 4..];
-            for (quad, dst) in self.row.chunks_exact(4).zip(tile[t * 4..].chunks_mut(in_tile * 4)) {
-                let bytes = [quad[0] as u8, quad[1] as u8, quad[2] as u8, quad[3] as u8];
-                dst[..4].copy_from_slice(&(u32::from_ne_bytes(bytes) ^ 0x8080_8080).to_ne_bytes());
-            }
+        for (values, out) in values.chunks_exact(k.max(1)).zip(self.rows.chunks_exact_mut(width)) {
+            let out = &mut out[..k];
+            self.scales.push(match kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Kernel::Vnni` is only chosen when the CPU has the features it is
+                // compiled for.
+                #[allow(unsafe_code)]
+                Kernel::Vnni => unsafe { vnni::quantize_row(values, out) },
+                Kernel::Portable => quantize_row_unsigned(values, out),
+            });
         }
     }
+}
+
+/// [`quantize_row`], stored as `x_q + 128`.
+fn quantize_row_unsigned(values: &[f32], out: &mut [u8]) -> f32 {
+    let mut signed = vec![0i8; values.len()];
+    let scale = quantize_row(values, &mut signed);
+    for (u, s) in out.iter_mut().zip(signed) {
+        *u = s as u8 ^ 0x80;
+    }
+    scale
 }
 
 /// Registers `kiln_linear_i8` in the `kiln` NNEF extension.
@@ -508,7 +545,7 @@ mod tests {
     /// Runs `weights` on `x` with one kernel, on the calling thread.
     fn run(weights: &PackedWeights, x: &[f32], kernel: Kernel) -> Vec<f32> {
         let mut activations = PackedActivations::default();
-        activations.pack(x, weights.k);
+        activations.pack(x, weights.k, kernel);
         let mut out = vec![f32::NAN; activations.scales.len() * weights.n];
         weights.apply_packed(&activations, kernel, &mut out);
         out

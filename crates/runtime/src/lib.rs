@@ -4,16 +4,19 @@
 //! turns one input string (base64 or raw JPEG/PNG bytes) into the graph's input image,
 //! [`Model::infer`] runs a batch of prepared images, and [`Model::predict`] does both for a batch of
 //! strings, giving each instance its own result. [`nnef`] is the graph reader and writer every kiln graph
-//! goes through: tract's, plus kiln's int8 operations ([`LinearI8`]; [`QuantizeRows`] for format version 1).
+//! goes through: tract's, plus kiln's operations for int8 graphs ([`LinearI8`], [`Attention`]; [`QuantizeRows`] for format
+//! version 1).
 
 #![deny(missing_docs)]
 
+mod attention;
 mod image;
 mod linear_i8;
 mod model;
 mod nnef;
 mod quantize;
 
+pub use self::attention::Attention;
 pub use self::image::{ImageLimits, InstanceError, PreparedImage, prepare};
 pub use self::linear_i8::LinearI8;
 pub use self::model::{Model, Prediction, RuntimeError, RuntimeOptions};

@@ -1,0 +1,561 @@
+//! `Attention`: scaled dot-product attention of every head as one operation, for int8 graphs.
+//!
+//! Once [`crate::LinearI8`] made the int8 ViT-B's linear layers fast, attention was a quarter of the
+//! image's time on one core (16 of 64 ms): tract packs the query, key, scores and value operands for
+//! its two matmuls, writes the 12 x 197 x 197 scores out, and its softmax runs at 0.8 ns per value.
+//! This operation computes each head's scores into a buffer that stays in cache, applies the softmax
+//! on each row while it is hot (AVX-512 exponential), and multiplies by the values read in place, so
+//! only the query and key of one head are copied. Heads are independent and spread over tract's
+//! executor threads. It lives in the runtime because the artifact's reader must know it, and is
+//! serialized as the NNEF extension `kiln` (`kiln_attention`).
+
+use tract_linalg::multithread::{Executor, current_tract_executor};
+use tract_nnef::internal::*;
+
+/// The NNEF fragment name of [`Attention`].
+const PRIMITIVE: &str = "kiln_attention";
+
+/// f32 lanes of one AVX-512 register.
+const LANES: usize = 16;
+/// Query rows of one scores tile (with two key vectors: 24 accumulators).
+const SCORE_ROWS: usize = 12;
+/// Keys of one scores tile.
+const SCORE_KEYS: usize = 2 * LANES;
+/// Query rows of one context tile (with up to four value vectors: 24 accumulators).
+const CONTEXT_ROWS: usize = 6;
+
+/// `softmax(q @ k^T) @ v` per head: `query`, `key` and `value` are `f32[N, T, H, D]` (batch, tokens,
+/// heads, head size), the output is the context, `f32[N, T, H, D]`. The `1/sqrt(D)` scale is not
+/// applied: kiln folds it into the query projection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attention;
+
+impl Op for Attention {
+    fn name(&self) -> StaticName {
+        "Attention".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Attention {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let shape = inputs[0].shape().to_vec();
+        ensure!(shape.len() == 4, "attention takes [batch, tokens, heads, head size], found {shape:?}");
+        for input in &inputs[1..] {
+            ensure!(input.shape() == shape, "attention operands differ: {shape:?} and {:?}", input.shape());
+        }
+        let views = inputs.iter().map(|input| input.try_as_plain_ram()).collect::<TractResult<TVec<_>>>()?;
+        let [q, k, v] = [0, 1, 2].map(|i| views[i].as_slice::<f32>());
+        let (q, k, v) = (q?, k?, v?);
+        let layout = Layout { tokens: shape[1], heads: shape[2], size: shape[3] };
+        let mut output = Tensor::zero::<f32>(&shape)?;
+        let mut view = output.try_as_plain_ram_mut()?;
+        let out = view.as_slice_mut::<f32>()?;
+        let per_batch = layout.tokens * layout.heads * layout.size;
+        let jobs: Vec<(usize, usize)> =
+            (0..shape[0]).flat_map(|n| (0..layout.heads).map(move |h| (n, h))).collect();
+        let context = Context { layout, q, k, v, out: SharedOutput(out.as_mut_ptr(), out.len()) };
+        let run = |&(n, h): &(usize, usize)| context.head(n * per_batch, h);
+        match current_tract_executor() {
+            Executor::MultiThread(pool) if jobs.len() > 1 => pool.install(|| {
+                use rayon::prelude::*;
+                jobs.par_iter().for_each(run);
+            }),
+            _ => jobs.iter().for_each(run),
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for Attention {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.len() == 3, "attention takes query, key and value");
+        for input in inputs {
+            ensure!(
+                input.datum_type == f32::datum_type(),
+                "attention takes f32, found {:?}",
+                input.datum_type
+            );
+            ensure!(input.rank() == 4, "attention takes [batch, tokens, heads, head size]");
+        }
+        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let s = &inputs[0].shape;
+        Ok(tvec!((Cost::FMA(f32::datum_type()), s[0].clone() * &s[1] * &s[1] * &s[2] * &s[3] * 2)))
+    }
+
+    as_op!();
+}
+
+/// Sizes of the `[tokens, heads, size]` operands of one batch element.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    tokens: usize,
+    heads: usize,
+    size: usize,
+}
+
+impl Layout {
+    /// Where `(token, head, 0)` starts.
+    fn at(&self, token: usize, head: usize) -> usize {
+        (token * self.heads + head) * self.size
+    }
+}
+
+/// The output buffer, written by several threads at once: each head writes only its own
+/// `[token][head]` slices, so the writes never overlap.
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32, usize);
+
+// SAFETY: the heads computed in parallel write disjoint elements (see `Context::head`).
+#[allow(unsafe_code)]
+unsafe impl Send for SharedOutput {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for SharedOutput {}
+
+/// One call's operands.
+struct Context<'a> {
+    layout: Layout,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    out: SharedOutput,
+}
+
+/// A head's work buffers, kept by each thread between calls.
+#[derive(Default)]
+struct HeadBuffers {
+    /// The head's queries, `[rows padded to SCORE_ROWS][size]`.
+    query: Vec<f32>,
+    /// The head's keys transposed, `[size][keys padded to SCORE_KEYS]`.
+    keys: Vec<f32>,
+    /// Scores, then probabilities: `[rows padded][keys padded]`.
+    scores: Vec<f32>,
+    /// One context tile before it is stored.
+    tile: Vec<f32>,
+}
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<HeadBuffers> = Default::default();
+}
+
+impl Context<'_> {
+    /// Computes head `h` of the batch element starting at `base`.
+    fn head(&self, base: usize, h: usize) {
+        let Layout { tokens, size, .. } = self.layout;
+        let rows = tokens.div_ceil(SCORE_ROWS) * SCORE_ROWS;
+        let keys = tokens.div_ceil(SCORE_KEYS) * SCORE_KEYS;
+        BUFFERS.with_borrow_mut(|buffers| {
+            let HeadBuffers { query, keys: keys_t, scores, tile } = buffers;
+            query.clear();
+            query.resize(rows * size, 0.0);
+            keys_t.clear();
+            keys_t.resize(size * keys, 0.0);
+            for t in 0..tokens {
+                let at = base + self.layout.at(t, h);
+                query[t * size..][..size].copy_from_slice(&self.q[at..][..size]);
+                for (d, &k) in self.k[at..][..size].iter().enumerate() {
+                    keys_t[d * keys + t] = k;
+                }
+            }
+            scores.clear();
+            scores.resize(rows * keys, 0.0);
+            let kernel = Kernel::detect(size);
+            for first in (0..rows).step_by(SCORE_ROWS) {
+                for key in (0..keys).step_by(SCORE_KEYS) {
+                    let block = ScoreBlock { query, keys_t, keys, size, first, key };
+                    match kernel {
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx512 => block.compute_avx512(scores),
+                        Kernel::Portable => block.compute_portable(scores),
+                    }
+                }
+            }
+            for row in scores.chunks_exact_mut(keys).take(tokens) {
+                let (live, padding) = row.split_at_mut(tokens);
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512 => softmax_avx512(live),
+                    Kernel::Portable => softmax_portable(live),
+                }
+                padding.fill(0.0);
+            }
+            tile.clear();
+            tile.resize(CONTEXT_ROWS * size, 0.0);
+            for first in (0..tokens).step_by(CONTEXT_ROWS) {
+                let count = CONTEXT_ROWS.min(tokens - first);
+                let block =
+                    ContextBlock { scores, keys, tokens, v: &self.v[base..], layout: self.layout, h, first };
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512 => block.compute_avx512(tile),
+                    Kernel::Portable => block.compute_portable(tile),
+                }
+                for (r, values) in tile.chunks_exact(size).take(count).enumerate() {
+                    let at = base + self.layout.at(first + r, h);
+                    // SAFETY: `at..at + size` is row `first + r`, head `h`: only this call writes
+                    // it, and it lies within the output (same shape as the inputs).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        debug_assert!(at + size <= self.out.1);
+                        std::ptr::copy_nonoverlapping(values.as_ptr(), self.out.0.add(at), size);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Which implementation runs a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// AVX-512, for head sizes that are whole registers, up to 64.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// Plain Rust, everywhere else.
+    Portable,
+}
+
+impl Kernel {
+    fn detect(size: usize) -> Kernel {
+        let whole_registers = size.is_multiple_of(LANES) && (LANES..=4 * LANES).contains(&size);
+        #[cfg(target_arch = "x86_64")]
+        if whole_registers && is_x86_feature_detected!("avx512f") {
+            return Kernel::Avx512;
+        }
+        let _ = whole_registers;
+        Kernel::Portable
+    }
+}
+
+/// `SCORE_ROWS` queries against `SCORE_KEYS` keys.
+struct ScoreBlock<'a> {
+    query: &'a [f32],
+    keys_t: &'a [f32],
+    /// Padded key count: the row length of `keys_t` and of the scores.
+    keys: usize,
+    size: usize,
+    first: usize,
+    key: usize,
+}
+
+impl ScoreBlock<'_> {
+    fn compute_portable(&self, scores: &mut [f32]) {
+        for r in self.first..self.first + SCORE_ROWS {
+            for j in self.key..self.key + SCORE_KEYS {
+                let q = &self.query[r * self.size..][..self.size];
+                scores[r * self.keys + j] =
+                    q.iter().enumerate().map(|(d, q)| q * self.keys_t[d * self.keys + j]).sum();
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    fn compute_avx512(&self, scores: &mut [f32]) {
+        // SAFETY: `Kernel::Avx512` is only chosen when the CPU has AVX-512 F; the block lies within
+        // the padded buffers `Context::head` sized.
+        unsafe { avx512::scores(self, scores) }
+    }
+}
+
+/// `CONTEXT_ROWS` rows of `probabilities @ values` for one head.
+struct ContextBlock<'a> {
+    scores: &'a [f32],
+    keys: usize,
+    tokens: usize,
+    /// The batch element's values.
+    v: &'a [f32],
+    layout: Layout,
+    h: usize,
+    first: usize,
+}
+
+impl ContextBlock<'_> {
+    /// Writes `tile` (`CONTEXT_ROWS x size`); rows past the last token are zeros times padding.
+    fn compute_portable(&self, tile: &mut [f32]) {
+        let size = self.layout.size;
+        tile.fill(0.0);
+        for (r, out) in tile.chunks_exact_mut(size).enumerate() {
+            let Some(p) = self.scores.get((self.first + r) * self.keys..(self.first + r + 1) * self.keys)
+            else {
+                continue;
+            };
+            for (s, &p) in p.iter().enumerate().take(self.tokens) {
+                let v = &self.v[self.layout.at(s, self.h)..][..size];
+                for (o, v) in out.iter_mut().zip(v) {
+                    *o += p * v;
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    fn compute_avx512(&self, tile: &mut [f32]) {
+        // SAFETY: `Kernel::Avx512` is only chosen when the CPU has AVX-512 F and the head size is
+        // 16, 32, 48 or 64; the score rows read exist (rows are padded to SCORE_ROWS, a multiple of
+        // CONTEXT_ROWS) and the values read are tokens below `tokens`.
+        unsafe {
+            match self.layout.size / LANES {
+                1 => avx512::context::<1>(self, tile),
+                2 => avx512::context::<2>(self, tile),
+                3 => avx512::context::<3>(self, tile),
+                _ => avx512::context::<4>(self, tile),
+            }
+        }
+    }
+}
+
+/// Softmax of one row in place, the plain way.
+fn softmax_portable(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sum = 0.0;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inverse = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inverse);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+fn softmax_avx512(row: &mut [f32]) {
+    // SAFETY: `Kernel::Avx512` is only chosen when the CPU has AVX-512 F.
+    unsafe { avx512::softmax(row) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{CONTEXT_ROWS, ContextBlock, LANES, SCORE_KEYS, SCORE_ROWS, ScoreBlock};
+
+    /// One scores block: per head dimension, two key vectors against `SCORE_ROWS` broadcast queries.
+    ///
+    /// # Safety
+    /// AVX-512 F; the block's rows and keys lie within `query`, `keys_t` and `scores`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores(block: &ScoreBlock, scores: &mut [f32]) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; SCORE_ROWS];
+        let size = block.size;
+        debug_assert!((block.first + SCORE_ROWS) * size <= block.query.len());
+        debug_assert!(block.key + SCORE_KEYS <= block.keys);
+        // SAFETY: per the function's contract.
+        unsafe {
+            let q = block.query.as_ptr().add(block.first * size);
+            for d in 0..size {
+                let k = block.keys_t.as_ptr().add(d * block.keys + block.key);
+                let keys = [_mm512_loadu_ps(k), _mm512_loadu_ps(k.add(LANES))];
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let query = _mm512_set1_ps(*q.add(r * size + d));
+                    for (sum, keys) in row.iter_mut().zip(&keys) {
+                        *sum = _mm512_fmadd_ps(query, *keys, *sum);
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                let out = scores.as_mut_ptr().add((block.first + r) * block.keys + block.key);
+                _mm512_storeu_ps(out, row[0]);
+                _mm512_storeu_ps(out.add(LANES), row[1]);
+            }
+        }
+    }
+
+    /// One context tile: per token, `V` value vectors read in place against `CONTEXT_ROWS`
+    /// broadcast probabilities.
+    ///
+    /// # Safety
+    /// AVX-512 F; the head size is `V * 16`; the block's score rows exist; `tile` holds
+    /// `CONTEXT_ROWS` rows of the head size.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn context<const V: usize>(block: &ContextBlock, tile: &mut [f32]) {
+        let mut acc = [[_mm512_setzero_ps(); V]; CONTEXT_ROWS];
+        debug_assert!((block.first + CONTEXT_ROWS) * block.keys <= block.scores.len());
+        debug_assert!(tile.len() >= CONTEXT_ROWS * V * LANES);
+        // SAFETY: per the function's contract.
+        unsafe {
+            let p = block.scores.as_ptr().add(block.first * block.keys);
+            for s in 0..block.tokens {
+                let v = block.v.as_ptr().add(block.layout.at(s, block.h));
+                let values: [__m512; V] = std::array::from_fn(|i| _mm512_loadu_ps(v.add(i * LANES)));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let probability = _mm512_set1_ps(*p.add(r * block.keys + s));
+                    for (sum, value) in row.iter_mut().zip(&values) {
+                        *sum = _mm512_fmadd_ps(probability, *value, *sum);
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (i, sum) in row.iter().enumerate() {
+                    _mm512_storeu_ps(tile.as_mut_ptr().add((r * V + i) * LANES), *sum);
+                }
+            }
+        }
+    }
+
+    /// Softmax of one row in place: the maximum, `exp(x - max)` with [`exp`], the sum, the scaling.
+    #[target_feature(enable = "avx512f")]
+    pub fn softmax(row: &mut [f32]) {
+        let mask = |len: usize| if len == LANES { u16::MAX } else { (1u16 << len) - 1 };
+        let mut peak = _mm512_set1_ps(f32::NEG_INFINITY);
+        for chunk in row.chunks(LANES) {
+            let m = mask(chunk.len());
+            // SAFETY: masked load of the chunk's elements.
+            let x = unsafe { _mm512_mask_loadu_ps(peak, m, chunk.as_ptr()) };
+            peak = _mm512_max_ps(peak, x);
+        }
+        let peak = _mm512_set1_ps(_mm512_reduce_max_ps(peak));
+        let mut sum = _mm512_setzero_ps();
+        for chunk in row.chunks_mut(LANES) {
+            let m = mask(chunk.len());
+            // SAFETY: masked load and store of the chunk's elements.
+            unsafe {
+                let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, chunk.as_ptr()), peak));
+                sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
+                _mm512_mask_storeu_ps(chunk.as_mut_ptr(), m, e);
+            }
+        }
+        let inverse = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+        for chunk in row.chunks_mut(LANES) {
+            let m = mask(chunk.len());
+            // SAFETY: masked load and store of the chunk's elements.
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(m, chunk.as_ptr());
+                _mm512_mask_storeu_ps(chunk.as_mut_ptr(), m, _mm512_mul_ps(x, inverse));
+            }
+        }
+    }
+
+    /// `e^x` for `x <= 0` (softmax's shifted scores), relative error about 1e-7: `x = n ln 2 + r`
+    /// with `|r| <= ln 2 / 2` (ln 2 split in two so `r` is exact), `e^r` by its Taylor series to
+    /// degree 7 (truncation error below 6e-9), and `2^n` applied by `vscalefps`, which gives 0 for
+    /// very negative `x`.
+    #[target_feature(enable = "avx512f")]
+    fn exp(x: __m512) -> __m512 {
+        const LN2_HIGH: f32 = 0.693_145_75;
+        const LN2_LOW: f32 = 1.428_606_8e-6;
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HIGH), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LOW), r);
+        let mut p = _mm512_set1_ps(1.0 / 5040.0);
+        for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+}
+
+/// Registers `kiln_attention` in the `kiln` NNEF extension.
+pub(crate) fn register(registry: &mut Registry) {
+    registry.register_dumper(serialize);
+    registry.register_primitive(
+        PRIMITIVE,
+        &[
+            TypeName::Scalar.tensor().named("query"),
+            TypeName::Scalar.tensor().named("key"),
+            TypeName::Scalar.tensor().named("value"),
+        ],
+        &[("output", TypeName::Scalar.tensor())],
+        deserialize,
+    );
+}
+
+fn serialize(ast: &mut IntoAst, node: &TypedNode, _op: &Attention) -> TractResult<Option<Arc<RValue>>> {
+    let inputs: TVec<_> = node.inputs.iter().map(|i| ast.mapping[i].clone()).collect();
+    Ok(Some(invocation(PRIMITIVE, &inputs, &[])))
+}
+
+fn deserialize(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    let inputs: TVec<OutletId> = ["query", "key", "value"]
+        .into_iter()
+        .map(|name| invocation.named_arg_as(builder, name))
+        .collect::<TractResult<_>>()?;
+    builder.wire(Attention, &inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use tract_core::ops::einsum::EinSum;
+    use tract_core::ops::nn::{Softmax, SoftmaxKind};
+    use tract_linalg::multithread::multithread_tract_scope;
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// The attention operation and tract's einsum, softmax, einsum, side by side on one input.
+    fn model(shape: [usize; 4]) -> TractResult<TypedModel> {
+        let mut model = TypedModel::default();
+        let [q, k, v] = ["q", "k", "v"].map(|name| model.add_source(name, f32::fact(shape)));
+        let (q, k, v) = (q?, k?, v?);
+        let fused = model.wire_node("fused", Attention, &[q, k, v])?[0];
+        let einsum = |expr: &str| EinSum::new(expr.parse().expect("valid einsum"), f32::datum_type());
+        let scores = model.wire_node("scores", einsum("nqhd,nkhd->nhqk"), &[q, k])?;
+        let softmax = Softmax { axes: tvec!(3), quant_output_dt: None, kind: SoftmaxKind::Softmax };
+        let probabilities = model.wire_node("softmax", softmax, &scores)?[0];
+        let context = model.wire_node("context", einsum("nhqk,nkhd->nqhd"), &[probabilities, v])?[0];
+        model.select_output_outlets(&[fused, context])?;
+        Ok(model)
+    }
+
+    fn inputs(shape: [usize; 4]) -> TractResult<TVec<TValue>> {
+        let count = shape.iter().product::<usize>();
+        (0..3)
+            .map(|seed| {
+                let values: Vec<f32> =
+                    (0..count).map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 250.0 - 4.0).collect();
+                Ok(Tensor::from_shape(&shape, &values)?.into_tvalue())
+            })
+            .collect()
+    }
+
+    fn values(t: &Tensor) -> TractResult<Vec<f32>> {
+        Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect())
+    }
+
+    /// On ViT-B's head shape (the AVX-512 kernels), on sizes that are not whole registers (the
+    /// portable ones), and with token counts that leave partial tiles, the operation gives tract's
+    /// einsum-softmax-einsum result; on two threads it gives the same bits as on one.
+    #[test]
+    fn attention_matches_tract_ops_on_every_path() -> TestResult {
+        for shape in [[2, 197, 3, 64], [1, 13, 2, 16], [1, 30, 1, 48], [1, 5, 2, 8], [1, 1, 1, 32]] {
+            let plan = model(shape)?.into_runnable()?;
+            let outputs = plan.run(inputs(shape)?)?;
+            let (fused, reference) = (values(&outputs[0])?, values(&outputs[1])?);
+            let worst = fused.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 2e-5, "{shape:?}: max |fused - tract| {worst}");
+            let threaded = multithread_tract_scope(Executor::multithread(2), || plan.run(inputs(shape)?))?;
+            assert_eq!(values(&threaded[0])?, fused, "{shape:?}: threads changed the result");
+        }
+        Ok(())
+    }
+
+    /// A graph holding the operation survives an NNEF write and read with [`crate::nnef`].
+    #[test]
+    fn nnef_round_trip_keeps_the_operation() -> TestResult {
+        let shape = [1, 7, 2, 16];
+        let mut model = TypedModel::default();
+        let [q, k, v] = ["q", "k", "v"].map(|name| model.add_source(name, f32::fact(shape)));
+        let output = model.wire_node("attention", Attention, &[q?, k?, v?])?;
+        model.select_output_outlets(&output)?;
+        let expected = model.clone().into_runnable()?.run(inputs(shape)?)?;
+        let mut buffer = vec![];
+        crate::nnef().write_to_tar(&model, &mut buffer)?;
+        let reloaded = crate::nnef().model_for_read(&mut &buffer[..])?.into_optimized()?.into_runnable()?;
+        assert_eq!(values(&reloaded.run(inputs(shape)?)?[0])?, values(&expected[0])?);
+        Ok(())
+    }
+}

@@ -178,12 +178,12 @@ impl PackedWeights {
         Ok(PackedWeights { k, n, blocks, offsets, scales, bias })
     }
 
-    /// Runs the layer on `input` (`f32[..., k]`). Under a multi-threaded tract executor the rows are
-    /// split between its threads, each computing whole tiles of its rows.
+    /// Runs the layer on `input` (`f32[..., k]`).
     fn apply(&self, input: &Tensor) -> TractResult<Tensor> {
         let shape = input.shape();
         let k = *shape.last().context("linear_i8 needs an input of rank 1 or more")?;
         ensure!(k == self.k, "linear_i8 takes rows of {} values, found {k}", self.k);
+        ensure!(k > 0, "linear_i8 needs rows of at least one value");
         let rows = shape[..shape.len() - 1].iter().product::<usize>();
         let mut out_shape = shape.to_vec();
         *out_shape.last_mut().expect("rank checked above") = self.n;
@@ -193,40 +193,32 @@ impl PackedWeights {
         }
         let plain = input.try_as_plain_ram()?;
         let values = plain.as_slice::<f32>()?;
-        let kernel = Kernel::detect();
-        ACTIVATIONS.with_borrow_mut(|activations| {
-            activations.pack(values, k, kernel);
-            let mut out = output.try_as_plain_ram_mut()?;
-            self.apply_packed(activations, kernel, out.as_slice_mut::<f32>()?);
-            TractResult::Ok(())
-        })?;
+        let mut view = output.try_as_plain_ram_mut()?;
+        self.compute(values, Kernel::detect(), view.as_slice_mut::<f32>()?);
         Ok(output)
     }
 
-    /// Computes all rows of `out` from `activations`.
-    fn apply_packed(&self, activations: &PackedActivations, kernel: Kernel, out: &mut [f32]) {
-        let (packed, row_scales) = (&activations.rows, &activations.scales);
-        let k = self.k;
-        let rows = row_scales.len();
-        let tile_bytes = TOKENS * k.div_ceil(4) * 4;
-        let tiles = rows.div_ceil(TOKENS);
-        let run = |first_tile: usize, out: &mut [f32]| {
-            let rows = out.len() / self.n;
-            let start = first_tile * TOKENS;
-            self.rows(kernel, &packed[first_tile * tile_bytes..], &row_scales[start..start + rows], out);
+    /// Computes `out` (`rows x n`) from the rows of `values` with `kernel`. Under a multi-threaded
+    /// tract executor the rows are split between its threads, each quantizing and computing its own.
+    fn compute(&self, values: &[f32], kernel: Kernel, out: &mut [f32]) {
+        let run = |values: &[f32], out: &mut [f32]| {
+            ACTIVATIONS.with_borrow_mut(|activations| {
+                activations.pack(values, self.k, kernel);
+                self.rows(kernel, &activations.rows, &activations.scales, out);
+            })
         };
+        let tiles = (out.len() / self.n).div_ceil(TOKENS);
         match current_tract_executor() {
             Executor::MultiThread(pool) if tiles > 1 => {
-                let threads = pool.current_num_threads().min(tiles);
-                let per_thread = tiles.div_ceil(threads);
+                let rows = tiles.div_ceil(pool.current_num_threads().min(tiles)) * TOKENS;
                 pool.install(|| {
                     use rayon::prelude::*;
-                    out.par_chunks_mut(per_thread * TOKENS * self.n)
-                        .enumerate()
-                        .for_each(|(ix, chunk)| run(ix * per_thread, chunk));
+                    out.par_chunks_mut(rows * self.n)
+                        .zip(values.par_chunks(rows * self.k))
+                        .for_each(|(out, values)| run(values, out));
                 });
             }
-            _ => run(0, out),
+            _ => run(values, out),
         }
     }
 
@@ -544,10 +536,8 @@ mod tests {
 
     /// Runs `weights` on `x` with one kernel, on the calling thread.
     fn run(weights: &PackedWeights, x: &[f32], kernel: Kernel) -> Vec<f32> {
-        let mut activations = PackedActivations::default();
-        activations.pack(x, weights.k, kernel);
-        let mut out = vec![f32::NAN; activations.scales.len() * weights.n];
-        weights.apply_packed(&activations, kernel, &mut out);
+        let mut out = vec![f32::NAN; x.len() / weights.k * weights.n];
+        weights.compute(x, kernel, &mut out);
         out
     }
 

@@ -34,7 +34,7 @@ fn show_prints_saved_model_cli_layouts() -> anyhow::Result<()> {
     let all = kiln_ok(&["show", "--dir", dir, "--all"])?;
     assert!(all.contains("signature_def['serving_default']:\n  The given SavedModel SignatureDef"), "{all}");
     let json: serde_json::Value = serde_json::from_str(&kiln_ok(&["show", "--dir", dir, "--json"])?)?;
-    assert_eq!(json["format_version"], 1);
+    assert_eq!(json["format_version"], artifact::FORMAT_VERSION);
     let bad_tag = kiln(&["show", "--dir", dir, "--tag_set", "gpu"])?;
     ensure!(!bad_tag.status.success());
     assert!(String::from_utf8_lossy(&bad_tag.stderr).contains("could not be found in SavedModel"));

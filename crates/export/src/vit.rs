@@ -247,15 +247,8 @@ fn attention(
     let q = project("query", 1.0 / (head_dim as f32).sqrt())?;
     let k = project("key", 1.0)?;
     let v = project("value", 1.0)?;
-    let ctx = match precision {
-        Precision::F32 => {
-            let scores = g.einsum(&format!("layer{layer}.attn.scores"), "nqhd,nkhd->nhqk", &[q, k])?;
-            let probs = g.softmax(&format!("layer{layer}.attn.softmax"), scores, 3)?;
-            g.einsum(&format!("layer{layer}.attn.context"), "nhqk,nkhd->nqhd", &[probs, v])?
-        }
-        // The runtime's fused attention: scores, softmax and context per head, in cache.
-        Precision::Int8 => g.op(&format!("layer{layer}.attn.context"), runtime::Attention, &[q, k, v])?,
-    };
+    // The runtime's fused attention: scores, softmax and context per head, in cache.
+    let ctx = g.op(&format!("layer{layer}.attn.context"), runtime::Attention, &[q, k, v])?;
     let ctx = g.op(
         &format!("layer{layer}.attn.merge"),
         AxisOp::Reshape(2, dims(&[heads, head_dim]), dims(&[d])),

@@ -1,4 +1,4 @@
-//! `Attention`: scaled dot-product attention of every head as one operation, for int8 graphs.
+//! `Attention`: scaled dot-product attention of every head as one operation.
 //!
 //! Once [`crate::LinearI8`] made the int8 ViT-B's linear layers fast, attention was a quarter of the
 //! image's time on one core (16 of 64 ms): tract packs the query, key, scores and value operands for

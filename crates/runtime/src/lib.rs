@@ -4,8 +4,8 @@
 //! turns one input string (base64 or raw JPEG/PNG bytes) into the graph's input image,
 //! [`Model::infer`] runs a batch of prepared images, and [`Model::predict`] does both for a batch of
 //! strings, giving each instance its own result. [`nnef`] is the graph reader and writer every kiln graph
-//! goes through: tract's, plus kiln's operations for int8 graphs ([`LinearI8`], [`Attention`]; [`QuantizeRows`] for format
-//! version 1).
+//! goes through: tract's, plus kiln's operations ([`Attention`]; [`LinearI8`] in int8 graphs;
+//! [`QuantizeRows`] in format version 1 int8 graphs).
 
 #![deny(missing_docs)]
 

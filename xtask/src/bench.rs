@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 pub use worker::{WorkerArgs, run as run_worker};
 
-use crate::workspace_root;
+use crate::{kiln_export, workspace_root};
 
 /// Marker in the virtualenv holding the digest of the requirements it was built from.
 const VENV_STAMP: &str = "kiln-bench-requirements.sha256";
@@ -127,23 +127,15 @@ pub fn run(args: &Args) -> Result<()> {
         step(&format!("exporting the {precision} artifact"));
         let base = artifacts.join(precision);
         let started = Instant::now();
-        let output = Command::new(&kiln)
-            .arg("export")
-            .arg("--checkpoint")
-            .arg(&checkpoint)
-            .arg("--base")
-            .arg(&base)
-            .args(precision_args(&root, precision))
-            .stderr(Stdio::inherit())
-            .output()
-            .context("running kiln export")?;
-        if !output.status.success() {
-            ensure!(precision != "f32", "kiln export failed");
-            eprintln!("bench: kiln cannot export {precision}; measuring without it");
-            continue;
-        }
-        let dir = String::from_utf8(output.stdout)?.trim().to_owned();
-        let accuracy: Value = fs::read(Path::new(&dir).join("accuracy.json"))
+        let dir = match kiln_export(&kiln, &checkpoint, &base, &precision_args(&root, precision)) {
+            Ok(dir) => dir,
+            Err(error) if precision != "f32" => {
+                eprintln!("bench: {error:#}; measuring without {precision}");
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let accuracy: Value = fs::read(dir.join("accuracy.json"))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or(Value::Null);
@@ -151,7 +143,7 @@ pub fn run(args: &Args) -> Result<()> {
             precision,
             json!({"seconds": started.elapsed().as_secs_f64(), "dir": dir, "accuracy": accuracy}),
         );
-        artifact_args.push(format!("{precision}={dir}"));
+        artifact_args.push(format!("{precision}={}", dir.display()));
     }
 
     let onnx = checkpoint.join("model.onnx");

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 
-use crate::{release_kiln, workspace_root};
+use crate::{kiln_export, release_kiln, workspace_root};
 use kiln_e2e::KilnServer;
 
 /// The image the snippets send as `cat.jpg`.
@@ -33,16 +33,7 @@ pub fn run() -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let base = work.join("vit");
     let checkpoint = root.join("fixtures/models/tiny-vit");
-    let output = Command::new(&kiln)
-        .arg("export")
-        .arg("--checkpoint")
-        .arg(&checkpoint)
-        .arg("--base")
-        .arg(&base)
-        .output()
-        .context("running kiln export")?;
-    ensure!(output.status.success(), "kiln export failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    let version_dir = PathBuf::from(String::from_utf8(output.stdout)?.lines().last().context("no version")?);
+    let version_dir = kiln_export(&kiln, &checkpoint, &base, &[])?;
     let image = std::fs::read(root.join(IMAGE))?;
     std::fs::write(work.join("cat.jpg"), &image)?;
     let expected = runtime::Model::load(&version_dir)?

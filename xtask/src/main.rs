@@ -21,7 +21,7 @@ mod fixtures;
 mod fuzz;
 mod soak;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::Context;
@@ -102,6 +102,29 @@ fn release_kiln() -> anyhow::Result<PathBuf> {
     anyhow::ensure!(status.success(), "building kiln failed");
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     Ok(target_dir.join("release").join(format!("kiln{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// Runs `kiln export --checkpoint CHECKPOINT --base BASE EXTRA...` with the `kiln` binary, its progress
+/// shown as it goes, and returns the version directory it published.
+fn kiln_export(kiln: &Path, checkpoint: &Path, base: &Path, extra: &[String]) -> anyhow::Result<PathBuf> {
+    let output = Command::new(kiln)
+        .arg("export")
+        .arg("--checkpoint")
+        .arg(checkpoint)
+        .arg("--base")
+        .arg(base)
+        .args(extra)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running kiln export")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "kiln export of {} failed ({})",
+        checkpoint.display(),
+        output.status
+    );
+    let printed = String::from_utf8(output.stdout).context("kiln export printed a non-UTF-8 path")?;
+    Ok(PathBuf::from(printed.lines().last().context("kiln export printed no version directory")?))
 }
 
 /// The workspace root, so tasks behave the same from any working directory.

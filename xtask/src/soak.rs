@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use serve::proto::tensorflow::{DataType, TensorProto};
 use tonic::transport::Channel;
 
 use crate::demo::string_tensor;
-use crate::{release_kiln, workspace_root};
+use crate::{kiln_export, release_kiln, workspace_root};
 use kiln_e2e::KilnServer;
 
 /// The served model's name.
@@ -63,7 +62,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let scratch = tempfile::tempdir().context("creating the soak's temp dir")?;
     let base = scratch.path().join(MODEL);
-    let first = export(&kiln, &checkpoint, &base)?;
+    let first = kiln_export(&kiln, &checkpoint, &base, &[])?;
     let cases = Arc::new(cases(&root, &first, &checkpoint)?);
     println!(
         "exported {} ({} good images, {} bad request kinds)",
@@ -76,25 +75,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let report = runtime.block_on(soak(&kiln, &checkpoint, &base, cases, args))?;
     println!("{report}");
     report.verdict(args)
-}
-
-/// `kiln export --checkpoint <checkpoint> --base <base>`; returns the published version directory.
-fn export(kiln: &Path, checkpoint: &Path, base: &Path) -> anyhow::Result<PathBuf> {
-    let output = Command::new(kiln)
-        .arg("export")
-        .arg("--checkpoint")
-        .arg(checkpoint)
-        .arg("--base")
-        .arg(base)
-        .output()
-        .context("running kiln export")?;
-    ensure!(
-        output.status.success(),
-        "kiln export failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim_end()
-    );
-    let dir = String::from_utf8(output.stdout).context("kiln export printed non-UTF-8")?;
-    Ok(PathBuf::from(dir.trim()))
 }
 
 /// Which answer a request must get.
@@ -408,7 +388,8 @@ async fn soak(
                 let at = duration * swap / (count + 1);
                 tokio::time::sleep(at.saturating_sub(started.elapsed())).await;
                 let (kiln, checkpoint, base) = (kiln.clone(), checkpoint.clone(), base.clone());
-                let exported = tokio::task::spawn_blocking(move || export(&kiln, &checkpoint, &base)).await?;
+                let exported =
+                    tokio::task::spawn_blocking(move || kiln_export(&kiln, &checkpoint, &base, &[])).await?;
                 let dir = exported.context("exporting a new version mid-soak")?;
                 swaps.push(Swap { started: at, published: started.elapsed(), dir });
             }

@@ -52,6 +52,9 @@ impl EvalOp for Attention {
         let (q, k, v) = (q?, k?, v?);
         let layout = Layout { tokens: shape[1], heads: shape[2], size: shape[3] };
         let mut output = Tensor::zero::<f32>(&shape)?;
+        if output.len() == 0 {
+            return Ok(tvec!(output.into_tvalue()));
+        }
         let mut view = output.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
         let per_batch = layout.tokens * layout.heads * layout.size;
@@ -539,6 +542,16 @@ mod tests {
             assert!(worst <= 2e-5, "{shape:?}: max |fused - tract| {worst}");
             let threaded = multithread_tract_scope(Executor::multithread(2), || plan.run(inputs(shape)?))?;
             assert_eq!(values(&threaded[0])?, fused, "{shape:?}: threads changed the result");
+        }
+        Ok(())
+    }
+
+    /// Empty operands (no token, no head, or a zero head size) give an empty output, not a panic.
+    #[test]
+    fn empty_operands_give_an_empty_output() -> TestResult {
+        for shape in [[1, 0, 2, 16], [1, 4, 0, 16], [1, 4, 2, 0], [0, 4, 2, 16]] {
+            let outputs = Attention.eval(&EvalContext::out_of_plan(), inputs(shape)?)?;
+            assert_eq!(outputs[0].shape(), &shape);
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
-//! `LinearI8`: kiln's one custom graph operation, the whole int8 linear layer from f32 activations to
-//! f32 outputs, and the NNEF reader/writer that knows it.
+//! `LinearI8`: the whole int8 linear layer as one graph operation, f32 activations in and f32 outputs
+//! out, and its NNEF form.
 //!
 //! Written with tract's stock operations, an int8 linear layer was nine nodes: quantize the input,
 //! pack it, the i8 x i8 -> i32 product, a cast, two scale multiplications and the bias, each
@@ -27,6 +27,9 @@ const VECTORS: usize = 2;
 const CHANNELS: usize = LANES * VECTORS;
 /// Tokens (rows) of one tile: with [`VECTORS`], 24 of the 32 vector registers accumulate.
 const TOKENS: usize = 12;
+/// Largest input width: `(x_q + 128) * w` summed over `k` inputs stays within i32 (255 * 128 * 2^16
+/// < 2^31), so accumulation never overflows.
+const MAX_INPUTS: usize = 1 << 16;
 
 /// `x @ weight^T * (s_x * s_w) + bias` on int8 operands, f32 in and out. `x` (`f32[..., k]`) is
 /// quantized per row at run time, symmetrically (`s_x = max|x| / 127`, so the scale follows each
@@ -152,6 +155,7 @@ impl PackedWeights {
     fn new(weight: &Tensor, scale: &Tensor, bias: &Tensor) -> TractResult<PackedWeights> {
         ensure!(weight.rank() == 2, "linear_i8 weights are [out, in], found {:?}", weight.shape());
         let (n, k) = (weight.shape()[0], weight.shape()[1]);
+        ensure!(k <= MAX_INPUTS, "linear_i8 takes at most {MAX_INPUTS} inputs per row (i32 sums), found {k}");
         let weight = weight.cast_to::<i8>()?;
         let plain = weight.try_as_plain_ram()?;
         let values = plain.as_slice::<i8>()?;
@@ -567,6 +571,17 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Inputs wide enough to overflow the i32 sums are refused when the weights are read.
+    #[test]
+    fn widths_that_could_overflow_are_refused() -> TestResult {
+        let k = MAX_INPUTS + 1;
+        let weight = Tensor::zero::<i8>(&[1, k])?;
+        let per_channel = Tensor::zero::<f32>(&[1])?;
+        let error = PackedWeights::new(&weight, &per_channel, &per_channel).err().ok_or("accepted")?;
+        assert!(error.to_string().contains("at most 65536 inputs"), "{error}");
         Ok(())
     }
 

@@ -1,11 +1,12 @@
 //! `kiln check --dir DIR` alone: is this artifact sound enough to hand to a server?
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use artifact::{Artifact, Manifest, TensorInfo};
+use artifact::{Artifact, Signature, TensorInfo};
 use runtime::{Model, RuntimeError, RuntimeOptions};
 use serde::Serialize;
 
@@ -77,7 +78,7 @@ pub fn verify_integrity(dir: &Path, options: RuntimeOptions) -> Result<Integrity
     let artifact = Artifact::open(&version_dir).map_err(|e| load_error(e.into()))?;
     let verify_seconds = started.elapsed().as_secs_f64();
     let manifest_path = version_dir.join(artifact::MANIFEST_FILE);
-    check_signature(artifact.manifest(), &manifest_path)?;
+    check_signature(&artifact.manifest().signatures, &manifest_path)?;
 
     let mut bytes = 0;
     for name in artifact.manifest().files.keys() {
@@ -120,10 +121,10 @@ pub fn verify_integrity(dir: &Path, options: RuntimeOptions) -> Result<Integrity
 
 /// The contract of `serving_default`: one `string_input` of strings in; `confidence` floats and `label`
 /// strings out, each a batch vector. Anything else is a manifest a server would serve wrongly.
-fn check_signature(manifest: &Manifest, path: &Path) -> Result<(), CheckError> {
+fn check_signature(signatures: &BTreeMap<String, Signature>, path: &Path) -> Result<(), CheckError> {
     let fail = |reason: String| CheckError::Signature { manifest: path.to_path_buf(), reason };
-    let signature = manifest.signatures.get(SIGNATURE).ok_or_else(|| {
-        let names: Vec<&String> = manifest.signatures.keys().collect();
+    let signature = signatures.get(SIGNATURE).ok_or_else(|| {
+        let names: Vec<&String> = signatures.keys().collect();
         fail(format!("missing (signatures: {names:?})"))
     })?;
     if signature.method_name != "tensorflow/serving/predict" {
@@ -132,77 +133,43 @@ fn check_signature(manifest: &Manifest, path: &Path) -> Result<(), CheckError> {
             signature.method_name
         )));
     }
-    let expect =
-        |side: &str, tensors: &std::collections::BTreeMap<String, TensorInfo>, wanted: &[(&str, &str)]| {
-            let names: Vec<&str> = tensors.keys().map(String::as_str).collect();
-            let wanted_names: Vec<&str> = wanted.iter().map(|(name, _)| *name).collect();
-            if names != wanted_names {
-                return Err(fail(format!("{side} are {names:?}, expected {wanted_names:?}")));
+    let expect = |side: &str, tensors: &BTreeMap<String, TensorInfo>, wanted: &[(&str, &str)]| {
+        let names: Vec<&str> = tensors.keys().map(String::as_str).collect();
+        let wanted_names: Vec<&str> = wanted.iter().map(|(name, _)| *name).collect();
+        if names != wanted_names {
+            return Err(fail(format!("{side} are {names:?}, expected {wanted_names:?}")));
+        }
+        for (name, dtype) in wanted {
+            let tensor = &tensors[*name];
+            if tensor.dtype != *dtype || tensor.shape != [-1] {
+                return Err(fail(format!(
+                    "{side} `{name}` is {} {:?}, expected {dtype} [-1]",
+                    tensor.dtype, tensor.shape
+                )));
             }
-            for (name, dtype) in wanted {
-                let tensor = &tensors[*name];
-                if tensor.dtype != *dtype || tensor.shape != [-1] {
-                    return Err(fail(format!(
-                        "{side} `{name}` is {} {:?}, expected {dtype} [-1]",
-                        tensor.dtype, tensor.shape
-                    )));
-                }
-            }
-            Ok(())
-        };
+        }
+        Ok(())
+    };
     expect("inputs", &signature.inputs, &[("string_input", "DT_STRING")])?;
     expect("outputs", &signature.outputs, &[("confidence", "DT_FLOAT"), ("label", "DT_STRING")])
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use artifact::{GraphSpec, PreprocessSpec, Provenance, ResampleFilter, ResizeMode, Signature};
-
     use super::*;
 
     fn tensor(dtype: &str) -> TensorInfo {
         TensorInfo { dtype: dtype.into(), shape: vec![-1], name: "t:0".into() }
     }
 
-    fn manifest() -> Manifest {
-        let signature = Signature::serving_default();
-        Manifest {
-            format_version: artifact::FORMAT_VERSION,
-            graph: GraphSpec {
-                file: "graph.nnef.tar".into(),
-                height: 8,
-                width: 8,
-                confidence_output: "confidence".into(),
-                class_output: "class_index".into(),
-                precision: "f32".into(),
-            },
-            signatures: BTreeMap::from([(SIGNATURE.into(), signature)]),
-            labels: vec!["a".into()],
-            preprocess: PreprocessSpec {
-                resize: ResizeMode::Pil,
-                resample: ResampleFilter::Bilinear,
-                rescale_factor: 1.0 / 255.0,
-                mean: [0.5; 3],
-                std: [0.5; 3],
-            },
-            provenance: Provenance {
-                exporter: "test".into(),
-                source_format: "safetensors".into(),
-                architecture: "ViTForImageClassification".into(),
-                sources: vec![],
-                created_unix: 0,
-            },
-            warmup: vec![],
-            files: BTreeMap::new(),
-        }
+    fn signatures() -> BTreeMap<String, Signature> {
+        BTreeMap::from([(SIGNATURE.into(), Signature::serving_default())])
     }
 
     #[test]
     fn the_kiln_signature_passes_and_each_deviation_is_named() -> Result<(), String> {
         let path = Path::new("/m/1/manifest.json");
-        check_signature(&manifest(), path).map_err(|e| e.to_string())?;
+        check_signature(&signatures(), path).map_err(|e| e.to_string())?;
         type Edit = fn(&mut Signature);
         let cases: [(Edit, &str); 4] = [
             (|s| s.method_name = "tensorflow/serving/classify".into(), "method_name"),
@@ -214,15 +181,15 @@ mod tests {
             (|s| s.inputs.values_mut().for_each(|t| t.shape = vec![1]), "[1], expected DT_STRING [-1]"),
         ];
         for (edit, expected) in cases {
-            let mut m = manifest();
-            m.signatures.values_mut().for_each(edit);
+            let mut m = signatures();
+            m.values_mut().for_each(edit);
             let err =
                 check_signature(&m, path).err().ok_or(format!("accepted a signature with {expected}"))?;
             let message = err.to_string();
             assert!(message.contains("/m/1/manifest.json") && message.contains(expected), "{message}");
         }
-        let mut m = manifest();
-        m.signatures.clear();
+        let mut m = signatures();
+        m.clear();
         let err = check_signature(&m, path).err().ok_or("accepted a manifest without signatures")?;
         assert!(err.to_string().contains("`serving_default` is not servable: missing"), "{err}");
         Ok(())

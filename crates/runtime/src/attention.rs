@@ -206,7 +206,7 @@ impl Context<'_> {
                     // it, and it lies within the output (same shape as the inputs).
                     #[allow(unsafe_code)]
                     unsafe {
-                        debug_assert!(at + size <= self.out.1);
+                        assert!(at + size <= self.out.1, "attention output row out of bounds");
                         std::ptr::copy_nonoverlapping(values.as_ptr(), self.out.0.add(at), size);
                     }
                 }
@@ -226,13 +226,15 @@ enum Kernel {
 }
 
 impl Kernel {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn detect(size: usize) -> Kernel {
-        let whole_registers = size.is_multiple_of(LANES) && (LANES..=4 * LANES).contains(&size);
         #[cfg(target_arch = "x86_64")]
-        if whole_registers && is_x86_feature_detected!("avx512f") {
+        if size.is_multiple_of(LANES)
+            && (LANES..=4 * LANES).contains(&size)
+            && is_x86_feature_detected!("avx512f")
+        {
             return Kernel::Avx512;
         }
-        let _ = whole_registers;
         Kernel::Portable
     }
 }

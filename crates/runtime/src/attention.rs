@@ -9,6 +9,8 @@
 //! executor threads. It lives in the runtime because the artifact's reader must know it, and is
 //! serialized as the NNEF extension `kiln` (`kiln_attention`).
 
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_nnef::internal::*;
 
@@ -60,14 +62,20 @@ impl EvalOp for Attention {
         let per_batch = layout.tokens * layout.heads * layout.size;
         let jobs: Vec<(usize, usize)> =
             (0..shape[0]).flat_map(|n| (0..layout.heads).map(move |h| (n, h))).collect();
-        let context = Context { layout, q, k, v, out: SharedOutput(out.as_mut_ptr(), out.len()) };
+        let context = Context { layout, q, k, v };
         let run = |&(n, h): &(usize, usize)| context.head(n * per_batch, h);
-        match current_tract_executor() {
+        let heads: Vec<Vec<f32>> = match current_tract_executor() {
             Executor::MultiThread(pool) if jobs.len() > 1 => pool.install(|| {
                 use rayon::prelude::*;
-                jobs.par_iter().for_each(run);
+                jobs.par_iter().map(run).collect()
             }),
-            _ => jobs.iter().for_each(run),
+            _ => jobs.iter().map(run).collect(),
+        };
+        let size = layout.size;
+        for (&(n, h), head) in jobs.iter().zip(&heads) {
+            for (t, values) in head.chunks_exact(size).enumerate() {
+                out[n * per_batch + layout.at(t, h)..][..size].copy_from_slice(values);
+            }
         }
         Ok(tvec!(output.into_tvalue()))
     }
@@ -87,12 +95,38 @@ impl TypedOp for Attention {
         Ok(tvec!(f32::fact(inputs[0].shape.clone())))
     }
 
+    /// Where the AVX-512 kernels do not apply (another CPU, or a head size other than 16, 32, 48 or
+    /// 64), the operation becomes tract's einsum, softmax and einsum, whose kernels beat the portable
+    /// path by far.
+    fn codegen(&self, model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+        let size = model.outlet_fact(node.inputs[0])?.shape[3].to_usize();
+        if size.is_ok_and(|size| Kernel::detect(size) != Kernel::Portable) {
+            return Ok(None);
+        }
+        lower_to_tract(model, node).map(Some)
+    }
+
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let s = &inputs[0].shape;
         Ok(tvec!((Cost::FMA(f32::datum_type()), s[0].clone() * &s[1] * &s[1] * &s[2] * &s[3] * 2)))
     }
 
     as_op!();
+}
+
+/// The operation in tract's operators: scores by einsum, softmax over the keys, context by einsum.
+fn lower_to_tract(model: &TypedModel, node: &TypedNode) -> TractResult<TypedModelPatch> {
+    let name = &node.name;
+    let einsum = |expr: &str| -> TractResult<EinSum> { Ok(EinSum::new(expr.parse()?, f32::datum_type())) };
+    let mut patch = TypedModelPatch::default();
+    let [q, k, v] = [0, 1, 2].map(|ix| patch.tap_model(model, node.inputs[ix]));
+    let scores = patch.wire_node(format!("{name}.scores"), einsum("nqhd,nkhd->nhqk")?, &[q?, k?])?;
+    let softmax = Softmax { axes: tvec!(3), quant_output_dt: None, kind: SoftmaxKind::Softmax };
+    let probabilities = patch.wire_node(format!("{name}.softmax"), softmax, &scores)?[0];
+    let context =
+        patch.wire_node(format!("{name}.context"), einsum("nhqk,nkhd->nqhd")?, &[probabilities, v?])?;
+    patch.shunt_outside(model, node.id.into(), context[0])?;
+    Ok(patch)
 }
 
 /// Sizes of the `[tokens, heads, size]` operands of one batch element.
@@ -110,25 +144,12 @@ impl Layout {
     }
 }
 
-/// The output buffer, written by several threads at once: each head writes only its own
-/// `[token][head]` slices, so the writes never overlap.
-#[derive(Clone, Copy)]
-struct SharedOutput(*mut f32, usize);
-
-// SAFETY: the heads computed in parallel write disjoint elements (see `Context::head`).
-#[allow(unsafe_code)]
-unsafe impl Send for SharedOutput {}
-// SAFETY: as above.
-#[allow(unsafe_code)]
-unsafe impl Sync for SharedOutput {}
-
 /// One call's operands.
 struct Context<'a> {
     layout: Layout,
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
-    out: SharedOutput,
 }
 
 /// A head's work buffers, kept by each thread between calls.
@@ -149,8 +170,8 @@ thread_local! {
 }
 
 impl Context<'_> {
-    /// Computes head `h` of the batch element starting at `base`.
-    fn head(&self, base: usize, h: usize) {
+    /// Computes head `h` of the batch element starting at `base`: its context, `[tokens][size]`.
+    fn head(&self, base: usize, h: usize) -> Vec<f32> {
         let Layout { tokens, size, .. } = self.layout;
         let rows = tokens.div_ceil(SCORE_ROWS) * SCORE_ROWS;
         let keys = tokens.div_ceil(SCORE_KEYS) * SCORE_KEYS;
@@ -191,6 +212,7 @@ impl Context<'_> {
             }
             tile.clear();
             tile.resize(CONTEXT_ROWS * size, 0.0);
+            let mut context = Vec::with_capacity(tokens * size);
             for first in (0..tokens).step_by(CONTEXT_ROWS) {
                 let count = CONTEXT_ROWS.min(tokens - first);
                 let block =
@@ -200,18 +222,10 @@ impl Context<'_> {
                     Kernel::Avx512 => block.compute_avx512(tile),
                     Kernel::Portable => block.compute_portable(tile),
                 }
-                for (r, values) in tile.chunks_exact(size).take(count).enumerate() {
-                    let at = base + self.layout.at(first + r, h);
-                    // SAFETY: `at..at + size` is row `first + r`, head `h`: only this call writes
-                    // it, and it lies within the output (same shape as the inputs).
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        assert!(at + size <= self.out.1, "attention output row out of bounds");
-                        std::ptr::copy_nonoverlapping(values.as_ptr(), self.out.0.add(at), size);
-                    }
-                }
+                context.extend_from_slice(&tile[..count * size]);
             }
-        });
+            context
+        })
     }
 }
 
@@ -493,8 +507,6 @@ fn deserialize(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> T
 
 #[cfg(test)]
 mod tests {
-    use tract_core::ops::einsum::EinSum;
-    use tract_core::ops::nn::{Softmax, SoftmaxKind};
     use tract_linalg::multithread::multithread_tract_scope;
 
     use super::*;
@@ -544,6 +556,34 @@ mod tests {
             assert!(worst <= 2e-5, "{shape:?}: max |fused - tract| {worst}");
             let threaded = multithread_tract_scope(Executor::multithread(2), || plan.run(inputs(shape)?))?;
             assert_eq!(values(&threaded[0])?, fused, "{shape:?}: threads changed the result");
+        }
+        Ok(())
+    }
+
+    /// The plan keeps the operation where its AVX-512 kernels apply, and otherwise (forced here for a
+    /// supported size, automatic for a head size of 8) rewrites it into tract's operators, which give
+    /// the same result.
+    #[test]
+    fn plans_use_tract_operators_where_the_kernels_do_not_apply() -> TestResult {
+        for (shape, force) in [([1, 13, 2, 16], true), ([1, 5, 2, 8], false)] {
+            let mut only = TypedModel::default();
+            let [q, k, v] = ["q", "k", "v"].map(|name| only.add_source(name, f32::fact(shape)));
+            let output = only.wire_node("attention", Attention, &[q?, k?, v?])?;
+            only.select_output_outlets(&output)?;
+            let expected = only.clone().into_runnable()?.run(inputs(shape)?)?;
+            if force {
+                let node = only.node(output[0].node).clone();
+                lower_to_tract(&only, &node)?.apply(&mut only)?;
+            }
+            let optimized = only.into_optimized()?;
+            let ops: Vec<String> = optimized.nodes().iter().map(|node| node.op.name().to_string()).collect();
+            assert!(!ops.iter().any(|op| op == "Attention"), "{shape:?}: not rewritten: {ops:?}");
+            let got = optimized.into_runnable()?.run(inputs(shape)?)?;
+            let worst = values(&got[0])?
+                .iter()
+                .zip(values(&expected[0])?)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 2e-5, "{shape:?}: max |tract - kiln| {worst}");
         }
         Ok(())
     }

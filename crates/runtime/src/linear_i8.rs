@@ -14,6 +14,11 @@
 use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_nnef::internal::*;
 
+use tract_core::ops::cast::cast;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::math;
+
+use crate::QuantizeRows;
 use crate::quantize::quantize_row;
 
 /// The NNEF fragment name of [`LinearI8`].
@@ -72,17 +77,51 @@ impl TypedOp for LinearI8 {
         Ok(tvec!(f32::fact(shape)))
     }
 
-    /// Packs constant weights once, when the plan is built, instead of at every call.
+    /// Packs constant weights once, when the plan is built, instead of at every call. Without
+    /// AVX-512 VNNI the layer becomes tract's own int8 operators instead, whose AVX2 and NEON kernels
+    /// are far faster than the portable one.
     fn codegen(&self, model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
         let konst = |ix: usize| model.outlet_fact(node.inputs[ix]).map(|f| f.konst.clone());
         let (Some(weight), Some(scale), Some(bias)) = (konst(1)?, konst(2)?, konst(3)?) else {
             return Ok(None);
         };
+        if Kernel::detect() == Kernel::Portable {
+            return lower_to_tract(model, node, &scale, &bias).map(Some);
+        }
         let packed = PackedLinearI8 { weights: Arc::new(PackedWeights::new(&weight, &scale, &bias)?) };
         TypedModelPatch::replace_single_op(model, node, &[node.inputs[0]], packed).map(Some)
     }
 
     as_op!();
+}
+
+/// The layer in tract's operators: [`QuantizeRows`], the i8 x i8 -> i32 einsum, a cast, the row and
+/// channel scales and the bias.
+fn lower_to_tract(
+    model: &TypedModel,
+    node: &TypedNode,
+    scale: &Tensor,
+    bias: &Tensor,
+) -> TractResult<TypedModelPatch> {
+    let rank = model.outlet_fact(node.inputs[0])?.rank();
+    let batch: String = "abcdefgh".chars().take(rank - 1).collect();
+    ensure!(batch.len() == rank - 1, "linear_i8 input of rank {rank}: at most 9 axes");
+    let mut per_channel = tvec![1; rank - 1];
+    per_channel.push(scale.len());
+    let name = &node.name;
+    let mut patch = TypedModelPatch::default();
+    let [x, weight] = [0, 1].map(|ix| patch.tap_model(model, node.inputs[ix]));
+    let quantized = patch.wire_node(format!("{name}.quantize"), QuantizeRows, &[x?])?;
+    let einsum = EinSum::new(format!("{batch}i,oi->{batch}o").parse()?, i32::datum_type());
+    let product = patch.wire_node(format!("{name}.matmul"), einsum, &[quantized[0], weight?])?;
+    let product = patch.wire_node(format!("{name}.cast"), cast(f32::datum_type()), &product)?[0];
+    let y = patch.wire_node(format!("{name}.row_scale"), math::mul(), &[product, quantized[1]])?[0];
+    let scale = patch.add_const(format!("{name}.channel_scale"), scale.clone().into_shape(&per_channel)?)?;
+    let y = patch.wire_node(format!("{name}.scaled"), math::mul(), &[y, scale])?[0];
+    let bias = patch.add_const(format!("{name}.bias_value"), bias.clone().into_shape(&per_channel)?)?;
+    let y = patch.wire_node(format!("{name}.bias"), math::add(), &[y, bias])?[0];
+    patch.shunt_outside(model, node.id.into(), y)?;
+    Ok(patch)
 }
 
 /// [`LinearI8`] with its weights packed: what the optimized plan runs. Never serialized.
@@ -538,6 +577,47 @@ mod tests {
         ])
     }
 
+    /// A graph of one layer over a `[1, rows, k]` input.
+    fn layer_model(rows: usize, k: usize, n: usize) -> TractResult<TypedModel> {
+        let mut model = TypedModel::default();
+        let source = model.add_source("x", f32::fact([1, rows, k]))?;
+        let mut inputs = vec![source];
+        for (name, tensor) in ["weight", "scale", "bias"].iter().zip(layer(n, k, 3)?) {
+            inputs.push(model.add_const(*name, tensor)?);
+        }
+        let output = model.wire_node("linear", LinearI8, &inputs)?;
+        model.select_output_outlets(&output)?;
+        Ok(model)
+    }
+
+    /// Without AVX-512 VNNI the layer is rewritten into tract's operators: they compute the same
+    /// function (up to the f32 rounding of another rescale order) and no packed layer is left.
+    #[test]
+    fn the_tract_rewrite_computes_the_same_layer() -> TestResult {
+        let (rows, k, n) = (29, 48, 72);
+        let model = layer_model(rows, k, n)?;
+        let x = Tensor::from_shape(&[1, rows, k], &pseudo_random(rows * k, 5))?;
+        let expected =
+            model.clone().into_optimized()?.into_runnable()?.run(tvec!(x.clone().into_tvalue()))?;
+        let mut lowered = model;
+        let node = lowered.nodes().iter().find(|node| node.op_is::<LinearI8>()).ok_or("no layer")?.clone();
+        let konst = |ix: usize| lowered.outlet_fact(node.inputs[ix])?.konst.clone().context("not a constant");
+        let (scale, bias) = (konst(2)?, konst(3)?);
+        lower_to_tract(&lowered, &node, &scale, &bias)?.apply(&mut lowered)?;
+        let optimized = lowered.into_optimized()?;
+        let ops: Vec<String> = optimized.nodes().iter().map(|node| node.op.name().to_string()).collect();
+        assert!(ops.iter().any(|op| op == "OptMatMul"), "tract's matmul not used: {ops:?}");
+        assert!(!ops.iter().any(|op| op.ends_with("LinearI8")), "a kiln layer is left: {ops:?}");
+        let got = optimized.into_runnable()?.run(tvec!(x.into_tvalue()))?;
+        let values = |t: &Tensor| -> TractResult<Vec<f32>> {
+            Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect())
+        };
+        for (got, expected) in values(&got[0])?.iter().zip(values(&expected[0])?) {
+            assert!((got - expected).abs() <= 1e-5 * (1.0 + expected.abs()), "{got} vs {expected}");
+        }
+        Ok(())
+    }
+
     /// Runs `weights` on `x` with one kernel, on the calling thread.
     fn run(weights: &PackedWeights, x: &[f32], kernel: Kernel) -> Vec<f32> {
         let mut out = vec![f32::NAN; x.len() / weights.k * weights.n];
@@ -608,14 +688,7 @@ mod tests {
     #[test]
     fn nnef_round_trip_and_threads_keep_the_outputs() -> TestResult {
         let (rows, k, n) = (29, 48, 72);
-        let mut model = TypedModel::default();
-        let source = model.add_source("x", f32::fact([1, rows, k]))?;
-        let mut inputs = vec![source];
-        for (name, tensor) in ["weight", "scale", "bias"].iter().zip(layer(n, k, 3)?) {
-            inputs.push(model.add_const(*name, tensor)?);
-        }
-        let output = model.wire_node("linear", LinearI8, &inputs)?;
-        model.select_output_outlets(&output)?;
+        let model = layer_model(rows, k, n)?;
         let x = Tensor::from_shape(&[1, rows, k], &pseudo_random(rows * k, 5))?;
         let expected = model.clone().into_runnable()?.run(tvec!(x.clone().into_tvalue()))?.remove(0);
         assert_eq!(expected.shape(), &[1, rows, n]);

@@ -125,8 +125,12 @@ impl Model {
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(graph_error)?;
-        let threads = options.threads.max(1);
-        let executor = Executor::multithread(threads);
+        // One thread means the calling thread: tract hands a one-thread pool's matmuls to rayon's
+        // global pool, which has a thread per core.
+        let executor = match options.threads {
+            0 | 1 => Executor::SingleThread,
+            threads => Executor::multithread(threads),
+        };
         Ok(Model { dir, manifest, plan, confidence_slot, class_slot, executor, options })
     }
 

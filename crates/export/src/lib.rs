@@ -173,33 +173,24 @@ impl Source {
         precision: Precision,
     ) -> Result<TypedModel, ExportError> {
         let normalization = Normalization { rescale: spec.rescale_factor, mean: spec.mean, std: spec.std };
-        match self.format {
-            SourceFormat::Safetensors => vit::build(
-                &self.config,
-                &weights::Weights::safetensors(&self.model_file)?,
-                &normalization,
-                input,
-                precision,
-            ),
-            SourceFormat::Pytorch => vit::build(
-                &self.config,
-                &weights::Weights::pytorch(&self.model_file)?,
-                &normalization,
-                input,
-                precision,
-            ),
+        let weights = match self.format {
+            SourceFormat::Safetensors => weights::Weights::safetensors(&self.model_file)?,
+            SourceFormat::Pytorch => weights::Weights::pytorch(&self.model_file)?,
             SourceFormat::Onnx if precision == Precision::F32 => {
-                onnx::build(&self.model_file, self.config.image_size as usize, &normalization, input)
+                return onnx::build(&self.model_file, self.config.image_size as usize, &normalization, input);
             }
-            SourceFormat::Onnx => Err(ExportError::Onnx {
-                path: self.model_file.clone(),
-                reason: format!(
-                    "{} export rebuilds the graph from the checkpoint's weights; give model.safetensors or \
-                     pytorch_model.bin",
-                    precision.name()
-                ),
-            }),
-        }
+            SourceFormat::Onnx => {
+                return Err(ExportError::Onnx {
+                    path: self.model_file.clone(),
+                    reason: format!(
+                        "{} export rebuilds the graph from the checkpoint's weights; give model.safetensors \
+                         or pytorch_model.bin",
+                        precision.name()
+                    ),
+                });
+            }
+        };
+        vit::build(&self.config, &weights, &normalization, input, precision)
     }
 }
 

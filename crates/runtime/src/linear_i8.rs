@@ -541,15 +541,11 @@ pub(crate) fn register(registry: &mut Registry) {
 }
 
 fn serialize(ast: &mut IntoAst, node: &TypedNode, _op: &LinearI8) -> TractResult<Option<Arc<RValue>>> {
-    let inputs: TVec<_> = node.inputs.iter().map(|i| ast.mapping[i].clone()).collect();
-    Ok(Some(invocation(PRIMITIVE, &inputs, &[])))
+    crate::nnef::invocation_of(PRIMITIVE, ast, node)
 }
 
 fn deserialize(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
-    let inputs: TVec<OutletId> = ["input", "weight", "scale", "bias"]
-        .into_iter()
-        .map(|name| invocation.named_arg_as(builder, name))
-        .collect::<TractResult<_>>()?;
+    let inputs = crate::nnef::named_wires(builder, invocation, &["input", "weight", "scale", "bias"])?;
     builder.wire(LinearI8, &inputs)
 }
 

@@ -16,3 +16,22 @@ pub fn nnef() -> tract_nnef::framework::Nnef {
     nnef.registries.push(registry);
     nnef
 }
+
+/// A kiln operator's invocation: the node's inputs, in order, as positional arguments.
+pub(crate) fn invocation_of(
+    primitive: &str,
+    ast: &mut IntoAst,
+    node: &TypedNode,
+) -> TractResult<Option<Arc<RValue>>> {
+    let inputs: TVec<_> = node.inputs.iter().map(|i| ast.mapping[i].clone()).collect();
+    Ok(Some(invocation(primitive, &inputs, &[])))
+}
+
+/// The wires of a kiln operator's named tensor arguments, in the order given.
+pub(crate) fn named_wires(
+    builder: &mut ModelBuilder,
+    invocation: &ResolvedInvocation,
+    names: &[&str],
+) -> TractResult<TVec<OutletId>> {
+    names.iter().map(|name| invocation.named_arg_as(builder, name)).collect()
+}

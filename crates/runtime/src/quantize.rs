@@ -114,8 +114,7 @@ pub(crate) fn register(registry: &mut Registry) {
 }
 
 fn serialize(ast: &mut IntoAst, node: &TypedNode, _op: &QuantizeRows) -> TractResult<Option<Arc<RValue>>> {
-    let input = ast.mapping[&node.inputs[0]].clone();
-    Ok(Some(invocation(PRIMITIVE, &[input], &[])))
+    crate::nnef::invocation_of(PRIMITIVE, ast, node)
 }
 
 fn deserialize(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {

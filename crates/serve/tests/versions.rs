@@ -146,6 +146,13 @@ async fn wait_for_status(
     }
 }
 
+/// Waits until version 1 reports no error again, and checks it is AVAILABLE with an empty message.
+async fn wait_until_recovered(server: &TestServer) -> TestResult {
+    let status = wait_for_status(server, |s| s.error_code == tonic::Code::Ok).await?;
+    assert_eq!((status.state, status.error_message.as_str()), (VersionState::Available, ""));
+    Ok(())
+}
+
 /// The label a REST predict of `bytes` on the latest version answers.
 async fn served_label(server: &TestServer, bytes: &[u8]) -> TestResult<String> {
     let (status, answer) = server.post("/v1/models/vit:predict", &json!({"instances": [b64(bytes)]})).await?;
@@ -195,8 +202,7 @@ async fn serving_version_corrupted_on_disk_reports_data_loss_and_keeps_serving()
 
     // Restored: it verifies again and the report clears.
     std::fs::write(&graph, &original)?;
-    let status = wait_for_status(&server, |s| s.error_code == tonic::Code::Ok).await?;
-    assert_eq!((status.state, status.error_message.as_str()), (VersionState::Available, ""));
+    wait_until_recovered(&server).await?;
     assert_eq!(served_label(&server, &rocket).await?, expected);
 
     // Replaced in place by another valid artifact (the same checkpoint exported with another resize
@@ -243,8 +249,7 @@ async fn unlistable_base_path_reports_unavailable_until_it_comes_back() -> TestR
     assert_still_serving(&server, "UNAVAILABLE", &rocket, &expected).await?;
 
     std::fs::rename(&moved, &base)?;
-    let status = wait_for_status(&server, |s| s.error_code == tonic::Code::Ok).await?;
-    assert_eq!((status.state, status.error_message.as_str()), (VersionState::Available, ""));
+    wait_until_recovered(&server).await?;
     assert_eq!(served_version(&server, "vit", None).await?, 1);
     server.server.shutdown().await;
     Ok(())

@@ -235,7 +235,8 @@ enum Kernel {
     /// AVX-512, for head sizes that are whole registers, up to 64.
     #[cfg(target_arch = "x86_64")]
     Avx512,
-    /// Plain Rust, everywhere else.
+    /// Plain Rust: the unoptimized graph's path and the AVX-512 kernels' reference (optimized plans
+    /// use tract's operators where the AVX-512 kernels do not apply).
     Portable,
 }
 

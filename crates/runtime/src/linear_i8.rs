@@ -299,7 +299,8 @@ enum Kernel {
     /// AVX-512 VNNI (`vpdpbusd`), where the CPU has it.
     #[cfg(target_arch = "x86_64")]
     Vnni,
-    /// Plain Rust, everywhere else: the same integers and the same rescale formula.
+    /// Plain Rust, with the same integers and the same rescale formula: the unoptimized graph's path
+    /// and the AVX-512 kernel's reference (optimized plans without VNNI use tract's operators).
     Portable,
 }
 
@@ -662,7 +663,7 @@ mod tests {
     }
 
     /// The AVX-512 kernel and the portable one compute the same integers and round them the same
-    /// way, so they agree bit for bit (the portable one is what runs on CPUs without VNNI).
+    /// way, so they agree bit for bit.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn vnni_and_portable_kernels_agree_bit_for_bit() -> TestResult {

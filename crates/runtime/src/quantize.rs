@@ -1,9 +1,10 @@
-//! `QuantizeRows`: the per-token int8 quantization of format-version-1 int8 graphs, and the row
-//! quantizer every int8 operation of kiln uses.
+//! `QuantizeRows`: per-token int8 quantization as a graph operation, and the row quantizer every int8
+//! operation of kiln uses.
 //!
 //! Format version 1 int8 artifacts quantize each linear layer's input with this operation
 //! (`kiln_quantize_rows`) and multiply with tract's quantized einsum; version 2 fuses the whole layer
-//! into [`crate::LinearI8`]. The runtime keeps reading version 1, so the operation stays.
+//! into [`crate::LinearI8`], which the plan turns back into this operation and tract's einsum on
+//! CPUs without AVX-512 VNNI.
 
 use tract_nnef::internal::*;
 

@@ -1,6 +1,6 @@
 //! `cargo xtask fixtures`: regenerate the committed fixtures from `fixtures/generate.py` in a pinned
-//! virtualenv, verify them against `fixtures/CHECKSUMS` without Python (`--check`, also run by
-//! `cargo test`), or write the full-size ViT-B/16 benchmark checkpoint (`vit-base`).
+//! virtualenv (all of them, or `--only` some parts), verify them against `fixtures/CHECKSUMS` without Python
+//! (`--check`, also run by `cargo test`), or write the full-size ViT-B/16 benchmark checkpoint (`vit-base`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,8 +16,17 @@ use crate::workspace_root;
 /// Name of the digest list inside `fixtures/`, in `sha256sum` format so `sha256sum -c` reads it too.
 const CHECKSUMS_FILE: &str = "CHECKSUMS";
 
-/// Generator inputs covered by CHECKSUMS: editing the script without regenerating is staleness too.
-const COVERED_FILES: [&str; 3] = ["generate.py", "requirements.txt", "requirements-nodeps.txt"];
+/// Generator inputs covered by CHECKSUMS: editing the scripts without regenerating is staleness too.
+/// `generate_tf.py` and `requirements-tf.txt` write `reference/tf/` and `reference/tiny-vit-tf.json` from
+/// TensorFlow in a separate virtualenv (see the README); they are covered like the rest.
+const COVERED_FILES: [&str; 6] = [
+    "generate.py",
+    "architectures.py",
+    "requirements.txt",
+    "requirements-nodeps.txt",
+    "generate_tf.py",
+    "requirements-tf.txt",
+];
 
 /// Directories whose every file is generated and covered by CHECKSUMS.
 const COVERED_DIRS: [&str; 3] = ["images", "models", "reference"];
@@ -41,6 +50,11 @@ pub struct Args {
     /// target/fixtures-venv.
     #[arg(long, global = true, value_name = "PYTHON")]
     python: Option<PathBuf>,
+    /// Regenerate only these parts from the committed files, keeping everything else, then rewrite
+    /// CHECKSUMS: `images`, `vit` (retrain both ViTs), `vit-references`, `archs` (every tiny-<arch>) or one
+    /// architecture such as `deit` (`fixtures/generate.py committed --help` lists them).
+    #[arg(long, num_args = 1.., value_name = "PART", conflicts_with = "check")]
+    only: Vec<String>,
     #[command(subcommand)]
     target: Option<Target>,
 }
@@ -73,20 +87,25 @@ pub fn run(args: &Args) -> Result<()> {
     let script = fixtures.join("generate.py");
     match &args.target {
         None => {
-            for dir in COVERED_DIRS {
-                let path = fixtures.join(dir);
-                if path.exists() {
-                    fs::remove_dir_all(&path)
-                        .with_context(|| format!("removing stale {}", path.display()))?;
-                }
-            }
             let mut command = Command::new(&python);
             command.arg(&script).arg("committed").arg("--fixtures").arg(&fixtures);
+            if args.only.is_empty() {
+                for dir in COVERED_DIRS {
+                    let path = fixtures.join(dir);
+                    if path.exists() {
+                        fs::remove_dir_all(&path)
+                            .with_context(|| format!("removing stale {}", path.display()))?;
+                    }
+                }
+            } else {
+                command.arg("--only").args(&args.only);
+            }
             run_command(&mut command)?;
             let count = write_checksums(&fixtures)?;
             println!("fixtures: wrote {} ({count} files)", fixtures.join(CHECKSUMS_FILE).display());
         }
         Some(Target::VitBase { out }) => {
+            ensure!(args.only.is_empty(), "--only selects committed fixtures; vit-base writes none");
             let out = out.clone().unwrap_or_else(|| root.join("target").join("vit-base"));
             let mut command = Command::new(&python);
             command.arg(&script).arg("vit-base").arg("--out").arg(&out);

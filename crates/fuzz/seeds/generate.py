@@ -51,6 +51,18 @@ def image_seeds():
     write("image_prepare", "palette.png", encoded(gradient("P"), "PNG"))
     write("image_prepare", "gray16.png", encoded(gradient("I;16"), "PNG"))
     write("image_prepare", "interlaced.png", encoded(gradient("RGB"), "PNG", interlace=1))
+    write("image_prepare", "palette.gif", encoded(gradient("P"), "GIF", transparency=3))
+    write("image_prepare", "lossy.webp", encoded(gradient("RGB"), "WEBP", quality=80))
+    write("image_prepare", "lossless-alpha.webp", encoded(gradient("RGBA"), "WEBP", lossless=True))
+    frames = [gradient("RGBA"), gradient("RGBA").transpose(Image.Transpose.FLIP_TOP_BOTTOM)]
+    write("image_prepare", "animated.webp", encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:]))
+    write("image_prepare", "rgb.bmp", encoded(gradient("RGB"), "BMP"))
+    write("image_prepare", "palette.bmp", encoded(gradient("P"), "BMP"))
+    write("image_prepare", "lzw.tif", encoded(gradient("RGB"), "TIFF", compression="tiff_lzw"))
+    write("image_prepare", "gray16.tif", encoded(gradient("I;16"), "TIFF"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    write("image_prepare", "exif-6.jpg", encoded(gradient("RGB"), "JPEG", exif=exif.tobytes()))
     write("image_prepare", "truncated.jpg", tiny[: len(tiny) // 2])
     # The fixture's huge-65535x65535.jpg in small: a real header declaring 65535x65535.
     sof = tiny.index(b"\xff\xc0")

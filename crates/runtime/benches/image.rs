@@ -2,12 +2,14 @@
 //!
 //! The stages are private, so they are isolated through [`runtime::prepare`]: with the `nearest` filter
 //! resizing costs next to nothing and the time is base64 + decode; the Pillow bilinear and bicubic rows
-//! add the real resize on top. Each row is one fixture image at its own size, prepared to 224x224.
+//! add the real resize on top, and the last row is ConvNeXT's shortest-edge resize to 256 with a 224 centre
+//! crop (only the cropped part is computed). Each row is one fixture image at its own size, prepared to
+//! 224x224.
 
 use std::hint::black_box;
 use std::path::Path;
 
-use artifact::{PreprocessSpec, ResampleFilter, ResizeMode};
+use artifact::{CropSize, PreprocessSpec, ResampleFilter, ResizeMode, ResizeSize};
 use base64::Engine as _;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use runtime::{ImageLimits, prepare};
@@ -16,17 +18,23 @@ use runtime::{ImageLimits, prepare};
 const IMAGES: &[&str] = &["chelsea.jpg", "astronaut-420.jpg", "large-2400x2093.jpg"];
 
 fn spec(resize: ResizeMode, resample: ResampleFilter) -> PreprocessSpec {
-    PreprocessSpec { resize, resample, rescale_factor: 1.0 / 255.0, mean: [0.5; 3], std: [0.5; 3] }
+    PreprocessSpec::legacy(resize, resample, 224, 224, 1.0 / 255.0, [0.5; 3], [0.5; 3])
 }
 
 fn image_path(c: &mut Criterion) {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/images");
     let limits = ImageLimits::default();
+    let convnext = PreprocessSpec {
+        size: ResizeSize::ShortestEdge { shortest_edge: 256, longest_edge: None },
+        crop: Some(CropSize { height: 224, width: 224 }),
+        ..spec(ResizeMode::Pil, ResampleFilter::Bicubic)
+    };
     let variants = [
         ("decode (base64 + jpeg, nearest resize)", spec(ResizeMode::Pil, ResampleFilter::Nearest)),
         ("decode + pil bilinear resize", spec(ResizeMode::Pil, ResampleFilter::Bilinear)),
         ("decode + pil bicubic resize", spec(ResizeMode::Pil, ResampleFilter::Bicubic)),
         ("decode + tf bilinear resize", spec(ResizeMode::Tf, ResampleFilter::Bilinear)),
+        ("decode + pil bicubic shortest edge 256 + crop 224", convnext),
     ];
     for name in IMAGES {
         let bytes = std::fs::read(fixtures.join(name)).expect("fixture image");
@@ -35,7 +43,7 @@ fn image_path(c: &mut Criterion) {
         group.throughput(Throughput::Elements(1));
         for (variant, spec) in &variants {
             group.bench_function(*variant, |b| {
-                b.iter(|| prepare(black_box(&text), spec, 224, 224, &limits).expect("prepares"))
+                b.iter(|| prepare(black_box(&text), spec, &limits).expect("prepares"))
             });
         }
         group.finish();

@@ -146,8 +146,7 @@ impl Model {
 
     /// Turns one input string (base64 text or raw JPEG/PNG bytes) into the graph's input image.
     pub fn prepare(&self, input: &[u8]) -> Result<PreparedImage, InstanceError> {
-        let graph = &self.manifest.graph;
-        prepare(input, &self.manifest.preprocess, graph.width, graph.height, &self.options.limits)
+        prepare(input, &self.manifest.preprocess, &self.options.limits)
     }
 
     /// Classifies prepared images, in order, in batches of at most `max_batch`.

@@ -1,17 +1,28 @@
-//! From JPEG or PNG bytes to RGB8 pixels, refusing oversized images before any pixel is allocated.
+//! From encoded image bytes to RGB8 pixels, refusing oversized images before any pixel is allocated.
 //!
-//! The model was evaluated on Pillow's `Image.open(...).convert("RGB")`, so that is the contract:
+//! The model was evaluated on Pillow's `Image.open(...).convert("RGB")` (with `ImageOps.exif_transpose`
+//! first when the processor's `load_image` applies it), so that is the contract for [`Decoder::Pillow`]:
 //! grayscale is replicated into three channels, alpha is dropped without compositing, palettes are
-//! looked up, 16-bit PNG samples keep their high byte, and CMYK JPEGs are read with Adobe's inverted
-//! polarity. Like Pillow's `convert` (and TensorFlow's `decode_jpeg`), the EXIF orientation is not
-//! applied and colour profiles are ignored.
+//! looked up, 16-bit samples keep their high byte except 16-bit grayscale, which Pillow opens as `I;16`
+//! and clips to 255, and colour profiles are ignored. Each format family has its own module that mirrors
+//! Pillow's reader: `jpeg`, `gif`, `bmp`, `tiff`, `webp`; PNG is here, through the `image` crate.
+//!
+//! [`Decoder::Tensorflow`] is `tf.io.decode_image(..., channels=3)`: only JPEG, PNG, GIF and BMP, no
+//! orientation, and libpng's `png_set_strip_16` (the high byte) for 16-bit grayscale as for every other
+//! 16-bit PNG. GIF and BMP are read as Pillow reads them: TensorFlow's own readers were not available to
+//! compare against (its documentation says a first GIF frame smaller than the canvas is padded with black,
+//! where Pillow pads with palette index 0, or the transparency index).
+//!
+//! Every decoder reads the header (GIF: logical screen and first frame; TIFF: the first IFD) and checks
+//! the declared size against [`ImageLimits`] before allocating pixels.
 
 use std::io::{Cursor, ErrorKind};
 
 use ::image::codecs::png::PngDecoder;
 use ::image::{DynamicImage, ImageBuffer, ImageDecoder, ImageError, Pixel, RgbImage};
+use artifact::Decoder;
 
-use super::{ImageLimits, InstanceError, jpeg};
+use super::{ImageLimits, InstanceError, bmp, gif, jpeg, orientation, tiff, webp};
 
 const JPEG_MAGIC: &[u8] = b"\xff\xd8\xff";
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
@@ -23,36 +34,96 @@ pub(super) enum ImageFormat {
     Jpeg,
     /// PNG: starts with the 8-byte PNG signature.
     Png,
+    /// GIF87a or GIF89a.
+    Gif,
+    /// A RIFF container of type `WEBP` whose first chunk is `VP8 `, `VP8L` or `VP8X`.
+    WebP,
+    /// `BM` followed by a file size and a DIB header of a size Pillow reads.
+    Bmp,
+    /// `II*\0` (little-endian) or `MM\0*` (big-endian).
+    Tiff,
 }
 
 impl ImageFormat {
     /// The format `bytes` claim to be by their signature, if it is one kiln decodes.
+    ///
+    /// BMP's two-letter signature is checked with the DIB header size behind it, so that base64 text
+    /// starting with `BM` is not taken for a raw BMP.
     pub(super) fn sniff(bytes: &[u8]) -> Option<Self> {
         if bytes.starts_with(JPEG_MAGIC) {
             Some(Self::Jpeg)
         } else if bytes.starts_with(PNG_MAGIC) {
             Some(Self::Png)
+        } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+            Some(Self::Gif)
+        } else if bytes.starts_with(b"RIFF")
+            && bytes.get(8..12) == Some(b"WEBP")
+            && matches!(bytes.get(12..16), Some(b"VP8 " | b"VP8L" | b"VP8X"))
+        {
+            Some(Self::WebP)
+        } else if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
+            Some(Self::Tiff)
+        } else if bytes.starts_with(b"BM") && bmp::known_header_size(bytes) {
+            Some(Self::Bmp)
         } else {
             None
         }
     }
-}
 
-/// Decodes JPEG or PNG `bytes` into RGB8, checking the header's dimensions against `limits` first.
-pub(super) fn decode_rgb8(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, InstanceError> {
-    match ImageFormat::sniff(bytes) {
-        Some(ImageFormat::Jpeg) => {
-            let frame = jpeg::read_frame(bytes)?;
-            check_size(frame.width, frame.height, limits)?;
-            jpeg::decode_rgb8(bytes, frame)
+    /// The format's name in messages.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::Jpeg => "JPEG",
+            Self::Png => "PNG",
+            Self::Gif => "GIF",
+            Self::WebP => "WebP",
+            Self::Bmp => "BMP",
+            Self::Tiff => "TIFF",
         }
-        Some(ImageFormat::Png) => decode_png(bytes, limits),
-        None => Err(unsupported_format(bytes)),
+    }
+
+    /// Whether `tf.io.decode_image` decodes this format.
+    fn decoded_by_tensorflow(self) -> bool {
+        matches!(self, Self::Jpeg | Self::Png | Self::Gif | Self::Bmp)
     }
 }
 
+/// Decodes `bytes` into RGB8 as `decoder` would, checking the header's dimensions against `limits`
+/// before allocating any pixel.
+///
+/// With `exif_orientation`, the EXIF (or XMP) orientation is applied as Pillow's
+/// `ImageOps.exif_transpose` applies it; [`Decoder::Tensorflow`] never orients, whatever the flag.
+pub(super) fn decode_rgb8(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    decoder: Decoder,
+    exif_orientation: bool,
+) -> Result<RgbImage, InstanceError> {
+    let format = ImageFormat::sniff(bytes).ok_or_else(|| unsupported_format(bytes))?;
+    if decoder == Decoder::Tensorflow && !format.decoded_by_tensorflow() {
+        return Err(InstanceError::NotDecodedByTensorflow { format: format.name() });
+    }
+    let image = match format {
+        ImageFormat::Jpeg => {
+            let frame = jpeg::read_frame(bytes)?;
+            check_size(frame.width, frame.height, limits)?;
+            jpeg::decode_rgb8(bytes, frame, decoder)?
+        }
+        ImageFormat::Png => decode_png(bytes, limits, decoder)?,
+        ImageFormat::Gif => gif::decode_rgb8(bytes, limits)?,
+        ImageFormat::WebP => webp::decode_rgb8(bytes, limits)?,
+        ImageFormat::Bmp => bmp::decode_rgb8(bytes, limits)?,
+        ImageFormat::Tiff => tiff::decode_rgb8(bytes, limits)?,
+    };
+    Ok(if exif_orientation && decoder == Decoder::Pillow {
+        orientation::apply(image, orientation::read(format, bytes))
+    } else {
+        image
+    })
+}
+
 /// Refuses a zero-sized image and one above [`ImageLimits::max_pixels`].
-fn check_size(width: u32, height: u32, limits: &ImageLimits) -> Result<(), InstanceError> {
+pub(super) fn check_size(width: u32, height: u32, limits: &ImageLimits) -> Result<(), InstanceError> {
     let pixels = u64::from(width) * u64::from(height);
     if pixels == 0 {
         return Err(InstanceError::ZeroSize { width, height });
@@ -64,33 +135,37 @@ fn check_size(width: u32, height: u32, limits: &ImageLimits) -> Result<(), Insta
 }
 
 /// PNG through the `png` crate, which reads the header (up to the first image data) in `new`.
-fn decode_png(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, InstanceError> {
-    let decoder = PngDecoder::new(Cursor::new(bytes)).map_err(png_error)?;
-    let (width, height) = decoder.dimensions();
+fn decode_png(bytes: &[u8], limits: &ImageLimits, decoder: Decoder) -> Result<RgbImage, InstanceError> {
+    const FORMAT: &str = "PNG";
+    let png = PngDecoder::new(Cursor::new(bytes)).map_err(|error| image_error(FORMAT, error))?;
+    let (width, height) = png.dimensions();
     check_size(width, height, limits)?;
-    let image = DynamicImage::from_decoder(decoder).map_err(png_error)?;
-    Ok(into_rgb8(image))
-}
-
-/// Pillow's `convert("RGB")` of what Pillow would have opened.
-fn into_rgb8(image: DynamicImage) -> RgbImage {
-    match image {
-        DynamicImage::ImageRgb8(rgb) => rgb,
-        // Pillow opens 16-bit PNGs with raw modes that keep the high byte of each sample (`RGB;16B`);
-        // `image`'s own conversion rounds instead, one level off in half the pixels. Pillow opens 16-bit
-        // grayscale as `I;16` and clips it to 255 on `convert`, a quirk not copied: the high byte is kept,
-        // as for every other 16-bit PNG.
-        DynamicImage::ImageLuma16(luma) => DynamicImage::ImageLuma8(high_bytes(&luma)).into_rgb8(),
-        DynamicImage::ImageLumaA16(luma) => DynamicImage::ImageLumaA8(high_bytes(&luma)).into_rgb8(),
+    // 16-bit grayscale (IHDR bit depth 16, colour type 0) with a tRNS chunk also decodes to gray + alpha,
+    // but Pillow opens it as `I;16`.
+    let gray = bytes.get(24..26) == Some(&[16, 0]);
+    let image = DynamicImage::from_decoder(png).map_err(|error| image_error(FORMAT, error))?;
+    Ok(match image {
+        // Pillow opens 16-bit PNGs with raw modes that keep the high byte of each sample (`RGB;16B`,
+        // `LA;16B`); `image`'s own conversion rounds instead, one level off in half the pixels.
         DynamicImage::ImageRgb16(rgb) => high_bytes(&rgb),
         DynamicImage::ImageRgba16(rgba) => DynamicImage::ImageRgba8(high_bytes(&rgba)).into_rgb8(),
+        // 16-bit grayscale: Pillow's `I;16` -> `RGB` clips (so nearly every pixel of a 16-bit scan is
+        // white); libpng's strip_16 in TensorFlow keeps the high byte.
+        DynamicImage::ImageLuma16(luma) if decoder == Decoder::Pillow => {
+            RgbImage::from_raw(width, height, clipped_gray(luma.as_raw(), 1)).expect("one sample per pixel")
+        }
+        DynamicImage::ImageLumaA16(luma) if gray && decoder == Decoder::Pillow => {
+            RgbImage::from_raw(width, height, clipped_gray(luma.as_raw(), 2)).expect("two samples per pixel")
+        }
+        DynamicImage::ImageLuma16(luma) => DynamicImage::ImageLuma8(high_bytes(&luma)).into_rgb8(),
+        DynamicImage::ImageLumaA16(luma) => DynamicImage::ImageLumaA8(high_bytes(&luma)).into_rgb8(),
         // Gray is replicated and alpha dropped: exactly Pillow's `L`, `LA` and `RGBA` to `RGB`.
         other => other.into_rgb8(),
-    }
+    })
 }
 
 /// The same image with every 16-bit sample reduced to its high byte.
-fn high_bytes<P, Q>(image: &ImageBuffer<P, Vec<u16>>) -> ImageBuffer<Q, Vec<u8>>
+pub(super) fn high_bytes<P, Q>(image: &ImageBuffer<P, Vec<u16>>) -> ImageBuffer<Q, Vec<u8>>
 where
     P: Pixel<Subpixel = u16>,
     Q: Pixel<Subpixel = u8>,
@@ -100,7 +175,12 @@ where
         .expect("same dimensions and channel count as the source buffer")
 }
 
-/// The error for bytes that are no JPEG or PNG, naming the format when `image` recognises it.
+/// Pillow's `I;16` -> `RGB`: the first of every `stride` samples, clipped to 255 and replicated.
+pub(super) fn clipped_gray(samples: &[u16], stride: usize) -> Vec<u8> {
+    samples.iter().step_by(stride).flat_map(|&sample| [sample.min(255) as u8; 3]).collect()
+}
+
+/// The error for bytes that are no format kiln decodes, naming the format when `image` recognises it.
 pub(super) fn unsupported_format(bytes: &[u8]) -> InstanceError {
     let found = match ::image::guess_format(bytes) {
         Ok(format) => format!("{format:?}").to_lowercase(),
@@ -112,21 +192,21 @@ pub(super) fn unsupported_format(bytes: &[u8]) -> InstanceError {
     InstanceError::UnsupportedFormat { found }
 }
 
-fn png_error(error: ImageError) -> InstanceError {
-    const FORMAT: &str = "PNG";
+/// An `image` (or `png`) decoding error as the instance error for `format`.
+fn image_error(format: &'static str, error: ImageError) -> InstanceError {
     match error {
         ImageError::IoError(io) if io.kind() == ErrorKind::UnexpectedEof => {
-            InstanceError::Truncated { format: FORMAT }
+            InstanceError::Truncated { format }
         }
         ImageError::Unsupported(unsupported) => {
-            InstanceError::UnsupportedEncoding { format: FORMAT, detail: unsupported.to_string() }
+            InstanceError::UnsupportedEncoding { format, detail: unsupported.to_string() }
         }
         ImageError::Decoding(decoding) => {
             let detail = std::error::Error::source(&decoding)
                 .map_or_else(|| decoding.to_string(), ToString::to_string);
-            InstanceError::Corrupt { format: FORMAT, detail }
+            InstanceError::Corrupt { format, detail }
         }
-        other => InstanceError::Corrupt { format: FORMAT, detail: other.to_string() },
+        other => InstanceError::Corrupt { format, detail: other.to_string() },
     }
 }
 
@@ -145,6 +225,11 @@ mod tests {
                 &include_bytes!(concat!("testdata/", $name, ".rgb"))[..],
             )
         };
+    }
+
+    /// Decodes as the Hugging Face pipeline does, without orientation, under the default limits.
+    fn pillow(bytes: &[u8]) -> Result<RgbImage, InstanceError> {
+        decode_rgb8(bytes, &ImageLimits::default(), Decoder::Pillow, false)
     }
 
     const GRAY_JPEG: &[u8] = include_bytes!("testdata/gray.jpg");
@@ -169,21 +254,21 @@ mod tests {
             case!("rgba16.png"),
             case!("gray16.png"),
         ];
-        for (name, encoded, pillow) in cases {
-            let decoded = decode_rgb8(encoded, &ImageLimits::default())?;
+        for (name, encoded, expected) in cases {
+            let decoded = pillow(encoded)?;
             let differing =
-                decoded.as_raw().iter().zip(pillow).filter(|(ours, theirs)| ours != theirs).count();
-            assert_eq!(decoded.as_raw().len(), pillow.len(), "{name}: size");
-            assert_eq!(differing, 0, "{name}: {differing} of {} samples differ from Pillow", pillow.len());
+                decoded.as_raw().iter().zip(expected).filter(|(ours, theirs)| ours != theirs).count();
+            assert_eq!(decoded.as_raw().len(), expected.len(), "{name}: size");
+            assert_eq!(differing, 0, "{name}: {differing} of {} samples differ from Pillow", expected.len());
         }
         Ok(())
     }
 
     #[test]
     fn a_one_pixel_image_decodes_to_one_pixel() -> TestResult {
-        for (name, encoded, pillow) in [case!("1x1.jpg"), case!("1x1.png")] {
-            let decoded = decode_rgb8(encoded, &ImageLimits::default())?;
-            assert_eq!((decoded.dimensions(), decoded.as_raw().as_slice()), ((1, 1), pillow), "{name}");
+        for (name, encoded, expected) in [case!("1x1.jpg"), case!("1x1.png")] {
+            let decoded = pillow(encoded)?;
+            assert_eq!((decoded.dimensions(), decoded.as_raw().as_slice()), ((1, 1), expected), "{name}");
         }
         Ok(())
     }
@@ -208,7 +293,7 @@ mod tests {
     #[test]
     fn a_jpeg_declaring_65535_squared_pixels_is_refused_from_its_header() {
         // Decoding would need 12 GiB; the error comes from the header alone, before libjpeg runs.
-        let error = decode_rgb8(&jpeg_declaring(65535, 65535), &ImageLimits::default()).err();
+        let error = pillow(&jpeg_declaring(65535, 65535)).err();
         assert_eq!(
             error,
             Some(InstanceError::TooManyPixels {
@@ -228,11 +313,11 @@ mod tests {
     fn the_pixel_limit_is_configurable() {
         let limits = ImageLimits { max_pixels: 383, ..ImageLimits::default() };
         assert_eq!(
-            decode_rgb8(GRAY_JPEG, &limits).err(),
+            decode_rgb8(GRAY_JPEG, &limits, Decoder::Pillow, false).err(),
             Some(InstanceError::TooManyPixels { width: 24, height: 16, pixels: 384, limit: 383 })
         );
         assert_eq!(
-            decode_rgb8(RGB_PNG, &limits).err(),
+            decode_rgb8(RGB_PNG, &limits, Decoder::Pillow, false).err(),
             Some(InstanceError::TooManyPixels { width: 24, height: 16, pixels: 384, limit: 383 })
         );
     }
@@ -240,7 +325,7 @@ mod tests {
     #[test]
     fn a_zero_sized_jpeg_is_refused() {
         assert_eq!(
-            decode_rgb8(&jpeg_declaring(24, 0), &ImageLimits::default()).err(),
+            pillow(&jpeg_declaring(24, 0)).err(),
             Some(InstanceError::ZeroSize { width: 24, height: 0 })
         );
     }
@@ -266,7 +351,7 @@ mod tests {
         let crc = crc32(&png[12..29]);
         png[29..33].copy_from_slice(&crc.to_be_bytes());
         assert_eq!(
-            decode_rgb8(&png, &ImageLimits::default()).err(),
+            pillow(&png).err(),
             Some(InstanceError::TooManyPixels {
                 width: 65535,
                 height: 65535,
@@ -285,7 +370,7 @@ mod tests {
             ("a jpeg without EOI", &GRAY_JPEG[..GRAY_JPEG.len() - 2]),
             ("half a png", &RGB_PNG[..RGB_PNG.len() / 2]),
         ] {
-            let error = decode_rgb8(truncated, &ImageLimits::default()).err();
+            let error = pillow(truncated).err();
             assert!(matches!(error, Some(InstanceError::Truncated { .. })), "{name}: {error:?}");
         }
     }
@@ -296,7 +381,7 @@ mod tests {
         let table = jpeg.windows(2).position(|marker| marker == [0xFF, 0xC4]).expect("a DHT segment");
         // The 16 code-length counts after the table class byte: all 0xFF claims 4080 codes.
         jpeg[table + 5..table + 21].fill(0xFF);
-        let error = decode_rgb8(&jpeg, &ImageLimits::default()).err();
+        let error = pillow(&jpeg).err();
         assert!(
             matches!(&error, Some(InstanceError::Corrupt { format: "JPEG", detail }) if detail.contains("Huffman")),
             "{error:?}"
@@ -305,8 +390,7 @@ mod tests {
 
     #[test]
     fn garbage_after_a_jpeg_signature_is_corrupt() {
-        let error =
-            decode_rgb8(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00 then no markers at all", &ImageLimits::default());
+        let error = pillow(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00 then no markers at all");
         assert!(matches!(error, Err(InstanceError::Corrupt { format: "JPEG", .. })), "{error:?}");
     }
 
@@ -318,11 +402,322 @@ mod tests {
         let mut twelve_bit = GRAY_JPEG.to_vec();
         twelve_bit[frame] = 12;
         for (jpeg, expected) in [(lossless, "lossless JPEG"), (twelve_bit, "12-bit samples")] {
-            let error = decode_rgb8(&jpeg, &ImageLimits::default()).err();
+            let error = pillow(&jpeg).err();
             assert!(
                 matches!(&error, Some(InstanceError::UnsupportedEncoding { detail, .. }) if detail.contains(expected)),
                 "{error:?}"
             );
+        }
+    }
+
+    /// A decoder test input in `testdata/formats/` and Pillow's RGB of it.
+    macro_rules! format_case {
+        ($name:literal) => {
+            (
+                $name,
+                &include_bytes!(concat!("testdata/formats/", $name))[..],
+                &include_bytes!(concat!("testdata/formats/", $name, ".rgb"))[..],
+            )
+        };
+    }
+
+    /// Every format and colour type, byte for byte. Prints what differs, per file.
+    #[test]
+    fn every_format_decodes_as_pillow_does() -> TestResult {
+        let cases = [
+            format_case!("gray2.png"),
+            format_case!("gray4.png"),
+            format_case!("gray-trns.png"),
+            format_case!("gray16-dark.png"),
+            format_case!("gray16-trns.png"),
+            format_case!("la16.png"),
+            format_case!("rgb16-trns.png"),
+            format_case!("rgb-trns.png"),
+            format_case!("palette4.png"),
+            format_case!("palette1.png"),
+            format_case!("palette-short.png"),
+            format_case!("palette.gif"),
+            format_case!("animated.gif"),
+            format_case!("offset.gif"),
+            format_case!("offset-transparent.gif"),
+            format_case!("past-screen.gif"),
+            format_case!("local-palette.gif"),
+            format_case!("short-palette.gif"),
+            format_case!("gray-ramp.gif"),
+            // Lossy, yet image-webp's fancy upsampling equals libwebp's (also on 451x300 photos at
+            // quality 50 to 95, measured once).
+            format_case!("lossy.webp"),
+            format_case!("lossy-alpha.webp"),
+            format_case!("lossless.webp"),
+            format_case!("lossless-alpha.webp"),
+            format_case!("animated.webp"),
+            format_case!("animated-alpha.webp"),
+            format_case!("animated-alpha-blend.webp"),
+            format_case!("rgb24.bmp"),
+            format_case!("top-down.bmp"),
+            format_case!("os2.bmp"),
+            format_case!("bgrx32.bmp"),
+            format_case!("rgba32-bitfields.bmp"),
+            format_case!("rgb555.bmp"),
+            format_case!("rgb565.bmp"),
+            format_case!("palette8.bmp"),
+            format_case!("palette4.bmp"),
+            format_case!("palette1.bmp"),
+            format_case!("short-palette.bmp"),
+            format_case!("bilevel.bmp"),
+            format_case!("gray8.bmp"),
+            format_case!("rle8.bmp"),
+            format_case!("rle4.bmp"),
+            format_case!("rgb8.tif"),
+            format_case!("rgb8-lzw.tif"),
+            format_case!("rgb8-packbits.tif"),
+            format_case!("rgb8-tiles.tif"),
+            format_case!("rgb8-predictor.tif"),
+            format_case!("rgb16.tif"),
+            format_case!("rgb16-be.tif"),
+            format_case!("gray8.tif"),
+            format_case!("min-is-white.tif"),
+            format_case!("gray4.tif"),
+            format_case!("bilevel.tif"),
+            format_case!("gray16.tif"),
+            format_case!("gray16-be.tif"),
+            format_case!("rgba8.tif"),
+            format_case!("rgba8-associated.tif"),
+            format_case!("rgbx8.tif"),
+            format_case!("rgba8-undeclared.tif"),
+            format_case!("rgbax8.tif"),
+            format_case!("rgba16-associated.tif"),
+            format_case!("gray-alpha.tif"),
+            format_case!("cmyk.tif"),
+            format_case!("cmyk16.tif"),
+        ];
+        let mut failures = Vec::new();
+        for (name, encoded, expected) in cases {
+            let decoded = match pillow(encoded) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    failures.push(format!("{name}: {error}"));
+                    continue;
+                }
+            };
+            if decoded.as_raw().len() != expected.len() {
+                failures.push(format!(
+                    "{name}: {} bytes, Pillow has {}",
+                    decoded.as_raw().len(),
+                    expected.len()
+                ));
+                continue;
+            }
+            let diffs: Vec<u8> =
+                decoded.as_raw().iter().zip(expected).map(|(ours, theirs)| ours.abs_diff(*theirs)).collect();
+            let max = diffs.iter().copied().max().unwrap_or(0);
+            let differing = diffs.iter().filter(|&&diff| diff > 0).count();
+            println!("{name}: max |diff| {max}, {differing} of {} samples differ", diffs.len());
+            if max > 0 {
+                failures.push(format!("{name}: max |diff| {max} ({differing} samples differ)"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+        Ok(())
+    }
+
+    /// `ImageOps.exif_transpose` then `convert("RGB")`, for all seven orientations and every place
+    /// Pillow reads one from.
+    #[test]
+    fn orientation_is_applied_as_exif_transpose_applies_it() -> TestResult {
+        let cases = [
+            format_case!("orient-2.jpg"),
+            format_case!("orient-3.jpg"),
+            format_case!("orient-4.jpg"),
+            format_case!("orient-5.jpg"),
+            format_case!("orient-6.jpg"),
+            format_case!("orient-7.jpg"),
+            format_case!("orient-8.jpg"),
+            format_case!("orient-4-xmp.jpg"),
+            format_case!("orient-6.png"),
+            format_case!("orient-7-after-idat.png"),
+            format_case!("orient-5-raw-profile.png"),
+            format_case!("orient-8-xmp.png"),
+            format_case!("orient-3.webp"),
+            format_case!("orient-2-xmp.webp"),
+            format_case!("orient-8.tif"),
+        ];
+        for (name, encoded, expected) in cases {
+            let decoded = decode_rgb8(encoded, &ImageLimits::default(), Decoder::Pillow, true)?;
+            // The pictures are 7x5; orientations 5 to 8 swap the sides.
+            let quarter_turn =
+                ["5", "6", "7", "8"].iter().any(|digit| name.starts_with(&format!("orient-{digit}")));
+            let size = if quarter_turn { (5, 7) } else { (7, 5) };
+            assert_eq!(decoded.dimensions(), size, "{name}");
+            assert_eq!(decoded.as_raw().as_slice(), expected, "{name}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn orientation_is_applied_only_when_asked_and_never_for_tensorflow() -> TestResult {
+        let encoded = include_bytes!("testdata/formats/orient-6.jpg");
+        let limits = ImageLimits::default();
+        let plain = pillow(encoded)?;
+        assert_eq!(plain.dimensions(), (7, 5));
+        let tensorflow = decode_rgb8(encoded, &limits, Decoder::Tensorflow, false)?;
+        assert_eq!(decode_rgb8(encoded, &limits, Decoder::Tensorflow, true)?, tensorflow);
+        assert_eq!(tensorflow.dimensions(), (7, 5));
+        assert_eq!(decode_rgb8(encoded, &limits, Decoder::Pillow, true)?.dimensions(), (5, 7));
+        // Pillow's TIFF plugin orients while loading, so a TIFF is oriented either way.
+        let tiff = include_bytes!("testdata/formats/orient-8.tif");
+        assert_eq!(pillow(tiff)?.as_raw().as_slice(), include_bytes!("testdata/formats/orient-8.tif.rgb"));
+        Ok(())
+    }
+
+    #[test]
+    fn tensorflow_refuses_what_decode_image_refuses() -> TestResult {
+        let limits = ImageLimits::default();
+        for (encoded, format) in [
+            (&include_bytes!("testdata/formats/lossless.webp")[..], "WebP"),
+            (&include_bytes!("testdata/formats/rgb8.tif")[..], "TIFF"),
+        ] {
+            let error = decode_rgb8(encoded, &limits, Decoder::Tensorflow, false).err();
+            assert_eq!(error, Some(InstanceError::NotDecodedByTensorflow { format }));
+            assert_eq!(
+                error.map(|error| error.to_string()),
+                Some(format!(
+                    "{format} is not accepted: this model decodes as tf.io.decode_image, which takes \
+                     JPEG, PNG, GIF and BMP"
+                ))
+            );
+        }
+        for accepted in [
+            &include_bytes!("testdata/formats/palette.gif")[..],
+            include_bytes!("testdata/formats/rgb24.bmp"),
+            include_bytes!("testdata/rgb.png"),
+            GRAY_JPEG,
+        ] {
+            decode_rgb8(accepted, &limits, Decoder::Tensorflow, false)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn tensorflow_keeps_the_high_byte_of_16_bit_gray_where_pillow_clips() -> TestResult {
+        let encoded = include_bytes!("testdata/formats/gray16-dark.png");
+        let DynamicImage::ImageLuma16(levels) = ::image::load_from_memory(encoded)? else {
+            return Err("gray16-dark.png is not 16-bit grey".into());
+        };
+        let high: Vec<u8> = levels.as_raw().iter().flat_map(|&level| [(level >> 8) as u8; 3]).collect();
+        let clipped: Vec<u8> = levels.as_raw().iter().flat_map(|&level| [level.min(255) as u8; 3]).collect();
+        let limits = ImageLimits::default();
+        assert_eq!(decode_rgb8(encoded, &limits, Decoder::Tensorflow, false)?.into_raw(), high);
+        assert_eq!(pillow(encoded)?.into_raw(), clipped);
+        Ok(())
+    }
+
+    #[test]
+    fn every_format_is_recognised_by_its_signature() {
+        let cases = [
+            (GRAY_JPEG, ImageFormat::Jpeg),
+            (RGB_PNG, ImageFormat::Png),
+            (include_bytes!("testdata/formats/palette.gif"), ImageFormat::Gif),
+            (include_bytes!("testdata/formats/lossy.webp"), ImageFormat::WebP),
+            (include_bytes!("testdata/formats/lossless.webp"), ImageFormat::WebP),
+            (include_bytes!("testdata/formats/lossy-alpha.webp"), ImageFormat::WebP),
+            (include_bytes!("testdata/formats/os2.bmp"), ImageFormat::Bmp),
+            (include_bytes!("testdata/formats/rgb24.bmp"), ImageFormat::Bmp),
+            (include_bytes!("testdata/formats/rgb8.tif"), ImageFormat::Tiff),
+            (include_bytes!("testdata/formats/rgb8-tiles.tif"), ImageFormat::Tiff),
+        ];
+        for (bytes, format) in cases {
+            assert_eq!(ImageFormat::sniff(bytes), Some(format));
+        }
+        // Base64 text may start with `BM`; without a DIB header size behind it, it is no BMP.
+        assert_eq!(ImageFormat::sniff(b"BMaGVsbG8gd29ybGQ="), None);
+    }
+
+    /// Every format's test inputs cut short at many lengths and with bytes overwritten: each decode ends in
+    /// an image or an error, never a panic.
+    #[test]
+    fn damaged_files_of_every_format_are_errors_not_panics() {
+        let inputs: [&[u8]; 9] = [
+            include_bytes!("testdata/formats/offset-transparent.gif"),
+            include_bytes!("testdata/formats/palette.gif"),
+            include_bytes!("testdata/formats/lossy-alpha.webp"),
+            include_bytes!("testdata/formats/animated-alpha.webp"),
+            include_bytes!("testdata/formats/rle4.bmp"),
+            include_bytes!("testdata/formats/rle8.bmp"),
+            include_bytes!("testdata/formats/rgb565.bmp"),
+            include_bytes!("testdata/formats/rgb8-tiles.tif"),
+            include_bytes!("testdata/formats/orient-5-raw-profile.png"),
+        ];
+        let limits = ImageLimits { max_pixels: 1 << 16, ..ImageLimits::default() };
+        for input in inputs {
+            for length in (0..input.len()).step_by(5) {
+                let _ = decode_rgb8(&input[..length], &limits, Decoder::Pillow, true);
+            }
+            for position in (0..input.len()).step_by(3) {
+                for value in [0x00, 0x7F, 0xFF] {
+                    let mut damaged = input.to_vec();
+                    damaged[position] = value;
+                    let _ = decode_rgb8(&damaged, &limits, Decoder::Pillow, true);
+                }
+            }
+        }
+    }
+
+    /// `bytes` with `patch` written at `offset`.
+    fn patched(bytes: &[u8], offset: usize, patch: &[u8]) -> Vec<u8> {
+        let mut patched = bytes.to_vec();
+        patched[offset..offset + patch.len()].copy_from_slice(patch);
+        patched
+    }
+
+    /// Headers declaring more pixels than the limit, in each format: refused from the header alone (a
+    /// decode would allocate gigabytes first).
+    #[test]
+    fn headers_declaring_too_many_pixels_are_refused_in_every_format() {
+        let gif = include_bytes!("testdata/formats/offset.gif");
+        let tiff = include_bytes!("testdata/formats/rgb8.tif");
+        // The first IFD entry is ImageWidth (LONG), the second ImageLength; values 8 bytes into each.
+        let entries = u32::from_le_bytes([tiff[4], tiff[5], tiff[6], tiff[7]]) as usize + 2;
+        let cases = [
+            ("GIF screen", patched(gif, 6, &[0xFF; 4]), (65535, 65535)),
+            // A 9x5 frame at (3, 2) of a 13x9 screen (after 13 header bytes and a 16-colour palette),
+            // grown to 65535x65535: Pillow's canvas grows to hold it.
+            ("GIF frame", patched(gif, 13 + 48 + 5, &[0xFF; 4]), (65538, 65537)),
+            (
+                "BMP",
+                patched(
+                    include_bytes!("testdata/formats/rgb24.bmp"),
+                    18,
+                    &[0xFF, 0xFF, 0, 0, 0xFF, 0xFF, 0, 0],
+                ),
+                (65535, 65535),
+            ),
+            // Only the width: the strip count follows the height, and a mismatch is refused as corrupt.
+            ("TIFF", patched(tiff, entries + 8, &[0xFF; 4]), (u32::MAX, 9)),
+            // VP8L: 14 bits of width - 1, then 14 of height - 1, after the 0x2F signature byte. (image-webp
+            // reads 16384, the largest side, as 0.)
+            (
+                "WebP lossless",
+                patched(include_bytes!("testdata/formats/lossless.webp"), 21, &[0xFE, 0xBF, 0xFF, 0x0F]),
+                (16383, 16383),
+            ),
+            // VP8X: 24 bits each of canvas width - 1 and height - 1 (image-webp itself refuses 2^24).
+            (
+                "WebP extended",
+                patched(
+                    include_bytes!("testdata/formats/lossy-alpha.webp"),
+                    24,
+                    &[0x1F, 0x4E, 0, 0x1F, 0x4E, 0],
+                ),
+                (20000, 20000),
+            ),
+        ];
+        for (name, bytes, (width, height)) in cases {
+            let declared = match pillow(&bytes) {
+                Err(InstanceError::TooManyPixels { width, height, .. }) => Ok((width, height)),
+                other => Err(other),
+            };
+            assert_eq!(declared, Ok((width, height)), "{name}");
         }
     }
 }

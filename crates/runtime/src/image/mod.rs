@@ -1,26 +1,36 @@
-//! The image path: one input string to RGB8 pixels of exactly the graph's input size.
+//! The image path: one input string to the graph's RGB8 (or BGR8) input, as the artifact's
+//! [`PreprocessSpec`] steps say.
 //!
-//! [`prepare`] runs three stages, one module each: `payload` turns the string into image bytes (raw
-//! JPEG/PNG, or base64 in the standard or URL-safe alphabet), `decode` checks the header against
-//! [`ImageLimits`] before allocating and decodes to RGB8 as Pillow's `convert("RGB")` would, and `resize`
-//! scales to the graph's size as Pillow's `Image.resize` or TensorFlow's `tf.image.resize` would, per
-//! the artifact's [`PreprocessSpec`]. Every failure is an [`InstanceError`] that belongs to one instance
-//! of a batch, so the other instances still run.
+//! [`prepare`] runs the steps, one module each: `payload` turns the string into image bytes (raw
+//! image bytes, or base64 in the standard or URL-safe alphabet), `decode` checks the header against
+//! [`ImageLimits`] before allocating and decodes to RGB8 as Pillow's `convert("RGB")` would, `geometry`
+//! works out the resize size and the centre crop as transformers' PIL-backend image processors do,
+//! `resize` computes the kept part of the resize as Pillow's `Image.resize` or TensorFlow's
+//! `tf.image.resize` would, and the channels are reordered last. Every failure is an [`InstanceError`]
+//! that belongs to one instance of a batch, so the other instances still run.
 //!
 //! The target is the reference the model was evaluated with, byte for byte: JPEG decoding is
-//! libjpeg-turbo's (as Pillow's), the colour conversions and `ResizeMode::Pil` reproduce Pillow 13, and
-//! `ResizeMode::Tf` equals TensorFlow's float result rounded half up. The tests check this against
-//! files Pillow and TensorFlow wrote (`testdata/generate.py`) and against the fixture models' reference
-//! inputs.
+//! libjpeg-turbo's (as Pillow's), the colour conversions and `ResizeMode::Pil` reproduce Pillow 13, the
+//! sizes and crops reproduce transformers 5.23, and `ResizeMode::Tf` equals TensorFlow's float result
+//! rounded half up. The tests check this against files Pillow, transformers and TensorFlow wrote
+//! (`testdata/generate.py`) and against the fixture models' reference inputs.
 
+mod bmp;
 mod decode;
+mod geometry;
+mod gif;
 mod jpeg;
+mod orientation;
 mod payload;
 mod resize;
+mod tiff;
+mod webp;
 
 use std::fmt;
 
-use artifact::PreprocessSpec;
+use artifact::{ChannelOrder, PreprocessSpec};
+
+use self::geometry::Geometry;
 
 /// Bounds on what one instance may cost, checked before the expensive step they protect.
 ///
@@ -45,7 +55,8 @@ impl Default for ImageLimits {
     }
 }
 
-/// One instance ready for the graph: RGB8 pixels, row-major HWC, exactly the graph's input size.
+/// One instance ready for the graph: 8-bit pixels in the spec's channel order, row-major HWC, of the size
+/// the steps produce (the graph's input size for a checked manifest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedImage {
     width: u32,
@@ -54,17 +65,18 @@ pub struct PreparedImage {
 }
 
 impl PreparedImage {
-    /// Width in pixels (the graph's input width).
+    /// Width in pixels.
     pub fn width(&self) -> u32 {
         self.width
     }
 
-    /// Height in pixels (the graph's input height).
+    /// Height in pixels.
     pub fn height(&self) -> u32 {
         self.height
     }
 
-    /// `height * width * 3` bytes, R, G, B for each pixel, rows top to bottom: the graph's `u8` layout.
+    /// `height * width * 3` bytes, three channels per pixel (R, G, B, or B, G, R), rows top to bottom:
+    /// the graph's `u8` layout.
     pub fn pixels(&self) -> &[u8] {
         &self.pixels
     }
@@ -90,7 +102,7 @@ pub enum InstanceError {
         /// The configured limit.
         limit: usize,
     },
-    /// The string is neither JPEG/PNG bytes nor base64: a character outside both base64 alphabets and
+    /// The string is neither raw image bytes nor base64: a character outside both base64 alphabets and
     /// not whitespace, or `=` padding before the end.
     #[error("invalid base64 at byte {offset}: unexpected {}", Symbol(*byte))]
     InvalidBase64 {
@@ -108,8 +120,8 @@ pub enum InstanceError {
         /// Number of base64 symbols, not counting whitespace and padding.
         symbols: usize,
     },
-    /// The bytes are not JPEG or PNG.
-    #[error("unsupported image format {found} (only JPEG and PNG are accepted)")]
+    /// The bytes are in no format kiln decodes.
+    #[error("unsupported image format {found} (JPEG, PNG, WebP, GIF, BMP and TIFF are accepted)")]
     UnsupportedFormat {
         /// The format `image` recognises (`gif`, `webp`, ...) or the first bytes in hex.
         found: String,
@@ -134,17 +146,17 @@ pub enum InstanceError {
         /// The configured limit.
         limit: u64,
     },
-    /// The JPEG or PNG ends before its end marker (JPEG EOI, PNG IEND or the last image data): the file
-    /// was cut off, as an interrupted upload or a clipped base64 string would do.
+    /// The file ends before its image data does (for JPEG, before EOI): it was cut off, as an
+    /// interrupted upload or a clipped base64 string would do.
     #[error("truncated {format}: the data ends before the image does")]
     Truncated {
-        /// `JPEG` or `PNG`.
+        /// `JPEG`, `PNG`, `GIF`, `WebP`, `BMP` or `TIFF`.
         format: &'static str,
     },
-    /// The JPEG or PNG is damaged: a malformed header or data the decoder cannot make sense of.
+    /// The file is damaged: a malformed header or data the decoder cannot make sense of.
     #[error("truncated or corrupt {format}: {detail}")]
     Corrupt {
-        /// `JPEG` or `PNG`.
+        /// `JPEG`, `PNG`, `GIF`, `WebP`, `BMP` or `TIFF`.
         format: &'static str,
         /// The decoder's description of the problem.
         detail: String,
@@ -153,10 +165,55 @@ pub enum InstanceError {
     /// arithmetic-coded, lossless or 12-bit JPEG).
     #[error("unsupported {format} encoding: {detail}")]
     UnsupportedEncoding {
-        /// `JPEG` or `PNG`.
+        /// `JPEG`, `PNG`, `GIF`, `WebP`, `BMP` or `TIFF`.
         format: &'static str,
         /// The decoder's description of the feature.
         detail: String,
+    },
+    /// The artifact decodes as TensorFlow's `tf.io.decode_image` (its reference model did), which takes
+    /// no other formats than JPEG, PNG, GIF and BMP.
+    #[error(
+        "{format} is not accepted: this model decodes as tf.io.decode_image, which takes JPEG, PNG, GIF \
+         and BMP"
+    )]
+    NotDecodedByTensorflow {
+        /// `WebP` or `TIFF`.
+        format: &'static str,
+    },
+    /// The artifact's resize, keeping the aspect ratio under a `longest_edge` cap, rounds a side of this
+    /// image to zero pixels (a panorama far wider than `longest_edge / shortest_edge`); Pillow refuses
+    /// such a resize too.
+    #[error(
+        "image is {width}x{height}, which resizes to {resized_width}x{resized_height}: a side rounds to zero"
+    )]
+    ResizedToNothing {
+        /// Decoded width.
+        width: u32,
+        /// Decoded height.
+        height: u32,
+        /// Width after the resize.
+        resized_width: u64,
+        /// Height after the resize.
+        resized_height: u64,
+    },
+    /// The artifact's shortest-edge resize makes more than [`ImageLimits::max_pixels`] pixels of this
+    /// image (an extreme aspect ratio): the full resize the reference pipeline computes would cost that much.
+    #[error(
+        "image is {width}x{height}, which resizes to {resized_width}x{resized_height} = {} pixels, above the \
+         limit of {limit}",
+        u128::from(*resized_width) * u128::from(*resized_height)
+    )]
+    ResizedTooLarge {
+        /// Decoded width.
+        width: u32,
+        /// Decoded height.
+        height: u32,
+        /// Width after the resize.
+        resized_width: u64,
+        /// Height after the resize.
+        resized_height: u64,
+        /// The configured limit.
+        limit: u64,
     },
 }
 
@@ -173,16 +230,16 @@ impl fmt::Display for Symbol {
     }
 }
 
-/// Turns one input string (base64 text or raw JPEG/PNG bytes) into the graph's `width` x `height` RGB8
-/// input, decoding and resizing as `spec` says.
+/// Turns one input string (base64 text or raw image bytes) into the graph's input by running
+/// `spec`'s steps: decode (and orient), resize to `spec.size`, centre-crop to `spec.crop`, order the
+/// channels.
 ///
-/// Work and memory are bounded by `limits` before each expensive step. `width` and `height` come from
-/// the artifact's graph, which the manifest check guarantees to be non-zero.
+/// The result is `spec.output_size()` (the graph's size, for a manifest that passed its check); a
+/// shortest-edge resize without a crop gives the resized size. Work and memory are bounded by `limits`
+/// before each expensive step, and only the cropped part of the resize is computed.
 pub fn prepare(
     input: &[u8],
     spec: &PreprocessSpec,
-    width: u32,
-    height: u32,
     limits: &ImageLimits,
 ) -> Result<PreparedImage, InstanceError> {
     if input.len() > limits.max_input_bytes {
@@ -190,17 +247,24 @@ pub fn prepare(
     }
     let decoded = {
         let bytes = payload::image_bytes(input)?;
-        decode::decode_rgb8(&bytes, limits)?
+        decode::decode_rgb8(&bytes, limits, spec.decoder, spec.exif_orientation)?
     };
-    let pixels = resize::resize(decoded, spec.resize, spec.resample, width, height);
-    Ok(PreparedImage { width, height, pixels })
+    let geometry = Geometry::new(spec, decoded.width(), decoded.height(), limits)?;
+    let window = resize::resize(decoded, spec.resize, spec.resample, &geometry.window);
+    let mut pixels = geometry.place(window);
+    if spec.channel_order == ChannelOrder::Bgr {
+        for pixel in pixels.chunks_exact_mut(3) {
+            pixel.swap(0, 2);
+        }
+    }
+    Ok(PreparedImage { width: geometry.width, height: geometry.height, pixels })
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
 
-    use artifact::{ResampleFilter, ResizeMode};
+    use artifact::{ResampleFilter, ResizeMode, ResizeSize};
     use base64::Engine as _;
     use serde_json::Value;
 
@@ -210,20 +274,23 @@ mod tests {
 
     const YUV420_JPEG: &[u8] = include_bytes!("testdata/yuv420.jpg");
 
-    fn bilinear() -> PreprocessSpec {
-        PreprocessSpec {
-            resize: ResizeMode::Pil,
-            resample: ResampleFilter::Bilinear,
-            rescale_factor: 1.0 / 255.0,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-        }
+    /// A format version 1 spec: Pillow bilinear straight to `width` x `height`.
+    fn bilinear(width: u32, height: u32) -> PreprocessSpec {
+        PreprocessSpec::legacy(
+            ResizeMode::Pil,
+            ResampleFilter::Bilinear,
+            height,
+            width,
+            1.0 / 255.0,
+            [0.5; 3],
+            [0.5; 3],
+        )
     }
 
     #[test]
     fn base64_and_raw_forms_of_one_image_prepare_identically() -> TestResult {
         let limits = ImageLimits::default();
-        let raw = prepare(YUV420_JPEG, &bilinear(), 12, 9, &limits)?;
+        let raw = prepare(YUV420_JPEG, &bilinear(12, 9), &limits)?;
         assert_eq!((raw.width(), raw.height(), raw.pixels().len()), (12, 9, 12 * 9 * 3));
         let standard = base64::engine::general_purpose::STANDARD.encode(YUV420_JPEG);
         let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(YUV420_JPEG);
@@ -233,7 +300,7 @@ mod tests {
             .map(|line| format!("{}\r\n", String::from_utf8_lossy(line)))
             .collect();
         for text in [standard, url_safe, wrapped] {
-            assert_eq!(prepare(text.as_bytes(), &bilinear(), 12, 9, &limits)?, raw);
+            assert_eq!(prepare(text.as_bytes(), &bilinear(12, 9), &limits)?, raw);
         }
         Ok(())
     }
@@ -242,7 +309,7 @@ mod tests {
     fn an_input_above_the_byte_limit_is_refused_before_decoding() {
         let limits = ImageLimits { max_input_bytes: 100, ..ImageLimits::default() };
         assert_eq!(
-            prepare(YUV420_JPEG, &bilinear(), 4, 4, &limits),
+            prepare(YUV420_JPEG, &bilinear(4, 4), &limits),
             Err(InstanceError::InputTooLarge { bytes: YUV420_JPEG.len(), limit: 100 })
         );
     }
@@ -255,13 +322,66 @@ mod tests {
             (b"aGVsbG8\xfe", "invalid base64 at byte 7: unexpected byte 0xfe"),
             (
                 b"aGVsbG8gd29ybGQ=",
-                "unsupported image format starting with bytes 68 65 6c 6c (only JPEG and PNG are accepted)",
+                "unsupported image format starting with bytes 68 65 6c 6c (JPEG, PNG, WebP, GIF, BMP and \
+                 TIFF are accepted)",
             ),
         ];
         for (input, message) in cases {
-            let error = prepare(input, &bilinear(), 4, 4, &ImageLimits::default()).err();
+            let error = prepare(input, &bilinear(4, 4), &ImageLimits::default()).err();
             assert_eq!(error.map(|error| error.to_string()).as_deref(), Some(message));
         }
+    }
+
+    /// transformers' PIL-backend processors (rescale and normalize off) on `resize-source.png`, against
+    /// the same steps as kiln `preprocess` objects: shortest-edge resizes (one already at its size, one
+    /// with `longest_edge`), exact ones, nearest and vertical-first resizes under a crop, crops larger
+    /// than the image in one and both axes, and MobileViT's BGR.
+    #[test]
+    fn transformers_pipelines_are_reproduced_byte_for_byte() -> TestResult {
+        let goldens: Value = serde_json::from_str(include_str!("testdata/geometry.json"))?;
+        let outputs: &[u8] = include_bytes!("testdata/pipelines.rgb");
+        let source: &[u8] = include_bytes!("testdata/resize-source.png");
+        let cases = goldens["pipelines"].as_array().ok_or("pipelines")?;
+        let mut offset = 0;
+        for case in cases {
+            let spec: PreprocessSpec = serde_json::from_value(case["preprocess"].clone())?;
+            let size = |key: &str| case[key].as_u64().and_then(|side| u32::try_from(side).ok()).ok_or("size");
+            let (height, width) = (size("height")?, size("width")?);
+            assert_eq!(spec.output_size(), Some((height, width)));
+            let prepared = prepare(source, &spec, &ImageLimits::default())?;
+            assert_eq!((prepared.height(), prepared.width()), (height, width), "{}", case["kwargs"]);
+            let expected = &outputs[offset..offset + prepared.pixels().len()];
+            assert_eq!(prepared.pixels(), expected, "{} {}", case["processor"], case["kwargs"]);
+            offset += expected.len();
+        }
+        assert_eq!(offset, outputs.len(), "every pipeline output is checked");
+        assert!(cases.iter().any(|case| case["preprocess"]["channel_order"] == "bgr"));
+        Ok(())
+    }
+
+    #[test]
+    fn bgr_swaps_red_and_blue_only() -> TestResult {
+        let rgb = bilinear(12, 9);
+        let bgr = PreprocessSpec { channel_order: ChannelOrder::Bgr, ..rgb.clone() };
+        let limits = ImageLimits::default();
+        let (rgb, bgr) = (prepare(YUV420_JPEG, &rgb, &limits)?, prepare(YUV420_JPEG, &bgr, &limits)?);
+        assert_eq!((bgr.width(), bgr.height()), (rgb.width(), rgb.height()));
+        for (rgb, bgr) in rgb.pixels().chunks_exact(3).zip(bgr.pixels().chunks_exact(3)) {
+            assert_eq!(bgr, [rgb[2], rgb[1], rgb[0]]);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_shortest_edge_resize_without_crop_keeps_the_aspect_ratio() -> TestResult {
+        let spec = PreprocessSpec {
+            size: ResizeSize::ShortestEdge { shortest_edge: 6, longest_edge: None },
+            ..bilinear(1, 1)
+        };
+        // yuv420.jpg is 24x16.
+        let prepared = prepare(YUV420_JPEG, &spec, &ImageLimits::default())?;
+        assert_eq!((prepared.width(), prepared.height(), prepared.pixels().len()), (9, 6, 9 * 6 * 3));
+        Ok(())
     }
 
     fn fixtures() -> PathBuf {
@@ -273,19 +393,19 @@ mod tests {
         let limits = ImageLimits::default();
         let truncated = std::fs::read(fixtures().join("images/bad/truncated.jpg"))?;
         assert_eq!(
-            prepare(&truncated, &bilinear(), 8, 8, &limits),
+            prepare(&truncated, &bilinear(8, 8), &limits),
             Err(InstanceError::Truncated { format: "JPEG" })
         );
         let huge = std::fs::read(fixtures().join("images/bad/huge-65535x65535.jpg"))?;
         assert!(matches!(
-            prepare(&huge, &bilinear(), 8, 8, &limits),
+            prepare(&huge, &bilinear(8, 8), &limits),
             Err(InstanceError::TooManyPixels { width: 65535, height: 65535, .. })
         ));
         Ok(())
     }
 
     /// The preprocessing a fixture model's `preprocessor_config.json` asks for, and its input size.
-    fn fixture_spec(model: &str) -> Result<(PreprocessSpec, u32, u32), Box<dyn std::error::Error>> {
+    fn fixture_spec(model: &str) -> Result<PreprocessSpec, Box<dyn std::error::Error>> {
         let path = fixtures().join("models").join(model).join("preprocessor_config.json");
         let config: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
         let triple = |key: &str| -> Result<[f32; 3], Box<dyn std::error::Error>> {
@@ -309,14 +429,17 @@ mod tests {
             other => return Err(format!("resample {other:?}").into()),
         };
         let side = |key: &str| config["size"][key].as_u64().and_then(|side| u32::try_from(side).ok());
-        let spec = PreprocessSpec {
-            resize: ResizeMode::Pil,
+        let spec = PreprocessSpec::legacy(
+            ResizeMode::Pil,
             resample,
-            rescale_factor: config["rescale_factor"].as_f64().ok_or("rescale_factor")? as f32,
-            mean: triple("image_mean")?,
-            std: triple("image_std")?,
-        };
-        Ok((spec, side("width").ok_or("size.width")?, side("height").ok_or("size.height")?))
+            side("height").ok_or("size.height")?,
+            side("width").ok_or("size.width")?,
+            config["rescale_factor"].as_f64().ok_or("rescale_factor")? as f32,
+            triple("image_mean")?,
+            triple("image_std")?,
+        );
+        // The references come from transformers' `load_image`, which applies `ImageOps.exif_transpose`.
+        Ok(PreprocessSpec { exif_orientation: true, ..spec })
     }
 
     /// Every reference image of both fixture models, prepared and normalized as the graph will, against the
@@ -326,7 +449,8 @@ mod tests {
         const MEAN_TOLERANCE: f64 = 0.002;
         const MAX_TOLERANCE: f64 = 0.02;
         for model in ["tiny-vit", "odd-vit"] {
-            let (spec, width, height) = fixture_spec(model)?;
+            let spec = fixture_spec(model)?;
+            let (height, width) = spec.output_size().ok_or("an exact size")?;
             let reference: Value = serde_json::from_str(&std::fs::read_to_string(
                 fixtures().join(format!("reference/{model}.json")),
             )?)?;
@@ -339,21 +463,15 @@ mod tests {
                     .chunks_exact(4)
                     .map(|bytes| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
                     .collect();
-                let prepared = prepare(
-                    &std::fs::read(fixtures().join(name))?,
-                    &spec,
-                    width,
-                    height,
-                    &ImageLimits::default(),
-                )?;
+                let prepared =
+                    prepare(&std::fs::read(fixtures().join(name))?, &spec, &ImageLimits::default())?;
                 let plane = (width * height) as usize;
                 assert_eq!(expected.len(), 3 * plane, "{model} {name}: reference tensor size");
                 let (mut total, mut max) = (0.0_f64, 0.0_f64);
                 for (index, &sample) in prepared.pixels().iter().enumerate() {
                     let (pixel, channel) = (index / 3, index % 3);
-                    let normalized = (f64::from(sample) * f64::from(spec.rescale_factor)
-                        - f64::from(spec.mean[channel]))
-                        / f64::from(spec.std[channel]);
+                    let normalized =
+                        f64::from(sample) * f64::from(spec.scale[channel]) + f64::from(spec.offset[channel]);
                     let diff = (normalized - f64::from(expected[channel * plane + pixel])).abs();
                     total += diff;
                     max = max.max(diff);

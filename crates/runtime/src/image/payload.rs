@@ -1,4 +1,5 @@
-//! From one input string to image bytes: raw JPEG/PNG bytes pass through, anything else is base64.
+//! From one input string to image bytes: raw bytes of a format kiln decodes pass through, anything else
+//! is base64.
 //!
 //! TF Serving's seed model ran `tf.io.decode_base64` (URL-safe alphabet, padding optional) on the string,
 //! while REST clients often send the standard alphabet. Accepting both alphabets, optional padding and
@@ -23,7 +24,7 @@ const LENIENT: GeneralPurpose = GeneralPurpose::new(
         .with_decode_allow_trailing_bits(true),
 );
 
-/// The encoded image inside `input`: borrowed when the input already is JPEG or PNG bytes, decoded
+/// The encoded image inside `input`: borrowed when the input already is image bytes, decoded
 /// from base64 otherwise. Errors name the byte offset in `input` of the first character that is wrong.
 pub(super) fn image_bytes(input: &[u8]) -> Result<Cow<'_, [u8]>, InstanceError> {
     if input.is_empty() {
@@ -35,7 +36,7 @@ pub(super) fn image_bytes(input: &[u8]) -> Result<Cow<'_, [u8]>, InstanceError> 
     match decode_base64(input) {
         Ok(bytes) if bytes.is_empty() => Err(InstanceError::Empty),
         Ok(bytes) => Ok(Cow::Owned(bytes)),
-        // Raw bytes of a format we do not take (GIF, WebP, ...) are not base64 either; naming the format
+        // Raw bytes of a format we do not take (AVIF, QOI, ...) are not base64 either; naming the format
         // is more helpful than pointing at the first binary byte.
         Err(error) => match ::image::guess_format(input) {
             Ok(_) => Err(unsupported_format(input)),
@@ -170,8 +171,8 @@ mod tests {
     #[test]
     fn raw_bytes_of_another_image_format_are_named() {
         assert_eq!(
-            image_bytes(b"GIF89a\x01\x00\x01\x00\x80\x00\x00").map_err(|error| error.to_string()),
-            Err("unsupported image format gif (only JPEG and PNG are accepted)".to_owned())
+            image_bytes(b"qoif\x00\x00\x00\x01\x00\x00\x00\x01\x03\x00").map_err(|error| error.to_string()),
+            Err("unsupported image format qoi (JPEG, PNG, WebP, GIF, BMP and TIFF are accepted)".to_owned())
         );
     }
 }

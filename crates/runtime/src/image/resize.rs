@@ -9,8 +9,11 @@
 //! [`ResizeMode::Tf`] is `tf.image.resize(method="bilinear", antialias=False)`: half-pixel centers and
 //! `f32` arithmetic, then rounded to the nearest level because the graph takes `u8`, which moves each
 //! value by at most half a level from TensorFlow's float result.
+//!
+//! Every output pixel of these resizes is a function of its own position (and, for Pillow, of which
+//! passes run, which the full size decides), so computing a [`ResizeWindow`] of the output gives exactly
+//! that part of the full resize: a centre crop costs no work outside the crop.
 
-use std::borrow::Cow;
 use std::f64::consts::PI;
 use std::ops::Range;
 
@@ -23,7 +26,21 @@ const CHANNELS: usize = 3;
 /// partial sums overshoot, in an `i32` accumulator.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// Resizes `image` to `width` x `height` per `mode` and `filter`; returns RGB8 HWC pixels.
+/// The part of a resize that is computed: output `columns` x `rows` of the full `width` x `height` one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ResizeWindow {
+    /// Width of the full resize.
+    pub(super) width: u32,
+    /// Height of the full resize.
+    pub(super) height: u32,
+    /// Output columns computed, within `0..width`.
+    pub(super) columns: Range<u32>,
+    /// Output rows computed, within `0..height`.
+    pub(super) rows: Range<u32>,
+}
+
+/// Resizes `image` per `mode` and `filter`, computing only `window` of the output; returns its RGB8 HWC
+/// pixels (`window.columns` x `window.rows`).
 ///
 /// [`ResizeMode::Tf`] is always bilinear: TF Serving's seed used nothing else, and the manifest documents
 /// `resample` as meaningful only for [`ResizeMode::Pil`].
@@ -31,21 +48,70 @@ pub(super) fn resize(
     image: RgbImage,
     mode: ResizeMode,
     filter: ResampleFilter,
-    width: u32,
-    height: u32,
+    window: &ResizeWindow,
 ) -> Vec<u8> {
-    if width == 0 || height == 0 {
+    if window.columns.is_empty() || window.rows.is_empty() {
         return Vec::new();
     }
     match mode {
-        ResizeMode::Tf => tf_bilinear(&image, width, height),
-        // Pillow returns a copy when nothing changes, whatever the filter.
-        ResizeMode::Pil if image.dimensions() == (width, height) => image.into_raw(),
+        ResizeMode::Tf => tf_bilinear(&image, window),
+        // Pillow returns a copy when nothing changes, whatever the filter; `nearest` and `convolve` copy
+        // the window in that case.
+        ResizeMode::Pil if image.dimensions() == (window.width, window.height) && window.is_whole() => {
+            image.into_raw()
+        }
         ResizeMode::Pil => match Kernel::for_filter(filter) {
-            None => nearest(&image, width, height),
-            Some(kernel) => convolve(&image, kernel, width, height),
+            None => nearest(&image, window),
+            Some(kernel) => convolve(&image, kernel, window),
         },
     }
+}
+
+impl ResizeWindow {
+    /// Whether the window is the full resize.
+    fn is_whole(&self) -> bool {
+        self.columns == (0..self.width) && self.rows == (0..self.height)
+    }
+}
+
+/// A `u32` range as indices.
+fn span(range: &Range<u32>) -> Range<usize> {
+    range.start as usize..range.end as usize
+}
+
+/// Rows of RGB8 pixels in a buffer, with the image coordinates of its first row and column, so that
+/// passes over a part of an image address it as the whole.
+#[derive(Debug, Clone, Copy)]
+struct Block<'a> {
+    pixels: &'a [u8],
+    /// Pixels per row in `pixels`.
+    width: usize,
+    /// Row of the image that is the first row of `pixels`.
+    top: usize,
+    /// Column of the image that is the first column of `pixels`.
+    left: usize,
+}
+
+impl<'a> Block<'a> {
+    fn whole(image: &'a RgbImage) -> Self {
+        Block { pixels: image.as_raw(), width: image.width() as usize, top: 0, left: 0 }
+    }
+
+    /// The samples of image row `row`, columns `columns`.
+    fn row(&self, row: usize, columns: Range<usize>) -> &'a [u8] {
+        let start = (row - self.top) * self.width;
+        &self.pixels
+            [(start + columns.start - self.left) * CHANNELS..(start + columns.end - self.left) * CHANNELS]
+    }
+}
+
+/// The pixels of `rows` x `columns` of `block`.
+fn copy(block: Block<'_>, rows: Range<usize>, columns: Range<usize>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * columns.len() * CHANNELS);
+    for row in rows {
+        out.extend_from_slice(block.row(row, columns.clone()));
+    }
+    out
 }
 
 /// Pillow's convolution filters, with the support (half-width, in source pixels at scale 1) each has.
@@ -146,8 +212,9 @@ struct Coefficients {
 }
 
 impl Coefficients {
-    /// Pillow's `precompute_coeffs` followed by `normalize_coeffs_8bpc`.
-    fn new(in_size: u32, out_size: u32, kernel: Kernel) -> Self {
+    /// Pillow's `precompute_coeffs` followed by `normalize_coeffs_8bpc`, for the output pixels `outputs`
+    /// of a resize from `in_size` to `out_size`.
+    fn new(in_size: u32, out_size: u32, outputs: Range<u32>, kernel: Kernel) -> Self {
         let scale = f64::from(in_size) / f64::from(out_size);
         let filter_scale = scale.max(1.0);
         // Multiplying by the reciprocal, not dividing, rounds as Pillow does.
@@ -155,10 +222,10 @@ impl Coefficients {
         let support = kernel.support() * filter_scale;
         // `support` is at most 3 * 65535 (JPEG dimensions are 16-bit), so this cannot truncate.
         let stride = support.ceil() as usize * 2 + 1;
-        let mut windows = Vec::with_capacity(out_size as usize);
-        let mut weights = vec![0; out_size as usize * stride];
+        let mut windows = Vec::with_capacity(outputs.len());
+        let mut weights = vec![0; outputs.len() * stride];
         let mut unnormalized = Vec::with_capacity(stride);
-        for (out_index, out_weights) in (0..out_size).zip(weights.chunks_exact_mut(stride)) {
+        for (out_index, out_weights) in outputs.zip(weights.chunks_exact_mut(stride)) {
             let center = (f64::from(out_index) + 0.5) * scale;
             // Truncation toward zero, then clamping, as Pillow's `(int)` casts do.
             let start = ((center - support + 0.5) as i64).max(0);
@@ -180,6 +247,31 @@ impl Coefficients {
     fn iter(&self) -> impl Iterator<Item = (Range<usize>, &[i32])> {
         self.windows.iter().cloned().zip(self.weights.chunks_exact(self.stride))
     }
+
+    /// The source pixels the outputs read, from the first one's first to the last one's last.
+    fn sources(&self) -> Range<usize> {
+        let start = self.windows.first().map_or(0, |window| window.start);
+        start..self.windows.last().map_or(start, |window| window.end)
+    }
+}
+
+/// One axis of a Pillow resize: kept as is (Pillow skips the pass when the size does not change), or
+/// convolved.
+enum Axis {
+    /// Output pixel `i` is source pixel `i`; these are the outputs computed.
+    Keep(Range<usize>),
+    /// Pillow's weights for the outputs computed.
+    Convolve(Coefficients),
+}
+
+impl Axis {
+    fn new(in_size: u32, out_size: u32, outputs: &Range<u32>, kernel: Kernel) -> Self {
+        if in_size == out_size {
+            Axis::Keep(span(outputs))
+        } else {
+            Axis::Convolve(Coefficients::new(in_size, out_size, outputs.clone(), kernel))
+        }
+    }
 }
 
 /// Rounds half away from zero into 22-bit fixed point, as Pillow's `normalize_coeffs_8bpc`.
@@ -196,59 +288,70 @@ fn clip8(accumulator: i32) -> u8 {
 /// The accumulator's start value: one half in fixed point, so that [`clip8`] rounds to nearest.
 const ROUNDING: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Pillow's `ImagingResampleInner` for 8-bit RGB: two one-dimensional passes, each skipped when its
-/// dimension does not change, in Pillow 13's order. Horizontal first, over only the source rows the
-/// vertical pass reads; vertical first when the height shrinks by more than twice as many pixels as
-/// the width does. The order matters: each pass rounds to 8 bits.
-fn convolve(image: &RgbImage, kernel: Kernel, width: u32, height: u32) -> Vec<u8> {
+/// Pillow's `ImagingResampleInner` for 8-bit RGB, for `window` of the output: two one-dimensional
+/// passes, each skipped when its dimension does not change, in Pillow 13's order. Horizontal first, over
+/// only the source rows the vertical pass reads; vertical first when the height shrinks by more than
+/// twice as many pixels as the width does. The order matters: each pass rounds to 8 bits. The first pass
+/// covers only what the second reads, so the work is that of the window, not of the full resize.
+fn convolve(image: &RgbImage, kernel: Kernel, window: &ResizeWindow) -> Vec<u8> {
     let (in_width, in_height) = image.dimensions();
-    let height_shrink = i64::from(in_height) - i64::from(height);
-    let width_shrink = i64::from(in_width) - i64::from(width);
-    let pixels = image.as_raw();
-    if height_shrink > 0 && height_shrink > 2 * width_shrink {
-        let rows = vertical_pass(pixels, in_width as usize, 0, &Coefficients::new(in_height, height, kernel));
-        return if width == in_width {
-            rows
-        } else {
-            let coefficients = Coefficients::new(in_width, width, kernel);
-            horizontal_pass(&rows, in_width as usize, 0..height as usize, &coefficients)
-        };
-    }
-    let vertical = Coefficients::new(in_height, height, kernel);
-    let first_row = vertical.windows.first().map_or(0, |window| window.start);
-    let last_row = vertical.windows.last().map_or(0, |window| window.end);
-    let (pixels, rows_from) = if width == in_width {
-        (Cow::Borrowed(pixels.as_slice()), 0)
-    } else {
-        let coefficients = Coefficients::new(in_width, width, kernel);
-        (
-            Cow::Owned(horizontal_pass(pixels, in_width as usize, first_row..last_row, &coefficients)),
-            first_row,
-        )
-    };
-    if height == in_height {
-        pixels.into_owned()
-    } else {
-        vertical_pass(&pixels, width as usize, rows_from, &vertical)
+    let height_shrink = i64::from(in_height) - i64::from(window.height);
+    let width_shrink = i64::from(in_width) - i64::from(window.width);
+    let vertical_first = height_shrink > 0 && height_shrink > 2 * width_shrink;
+    let horizontal = Axis::new(in_width, window.width, &window.columns, kernel);
+    let vertical = Axis::new(in_height, window.height, &window.rows, kernel);
+    let source = Block::whole(image);
+    match (&horizontal, &vertical) {
+        (Axis::Keep(columns), Axis::Keep(rows)) => copy(source, rows.clone(), columns.clone()),
+        (Axis::Convolve(coefficients), Axis::Keep(rows)) => {
+            horizontal_pass(source, rows.clone(), coefficients)
+        }
+        (Axis::Keep(columns), Axis::Convolve(coefficients)) => {
+            vertical_pass(source, columns.clone(), coefficients)
+        }
+        (Axis::Convolve(across), Axis::Convolve(down)) if vertical_first => {
+            let columns = across.sources();
+            let rows = vertical_pass(source, columns.clone(), down);
+            let block = Block {
+                pixels: &rows,
+                width: columns.len(),
+                top: span(&window.rows).start,
+                left: columns.start,
+            };
+            horizontal_pass(block, span(&window.rows), across)
+        }
+        (Axis::Convolve(across), Axis::Convolve(down)) => {
+            let rows = down.sources();
+            let columns = horizontal_pass(source, rows.clone(), across);
+            let block = Block {
+                pixels: &columns,
+                width: window.columns.len(),
+                top: rows.start,
+                left: span(&window.columns).start,
+            };
+            vertical_pass(block, span(&window.columns), down)
+        }
     }
 }
 
-/// Resamples each row in `rows` of `pixels` (`in_width` RGB pixels per row) horizontally.
-fn horizontal_pass(
-    pixels: &[u8],
-    in_width: usize,
-    rows: Range<usize>,
-    coefficients: &Coefficients,
-) -> Vec<u8> {
-    let in_stride = in_width * CHANNELS;
+/// Resamples image rows `rows` of `block` horizontally, one output pixel per coefficient window.
+fn horizontal_pass(block: Block<'_>, rows: Range<usize>, coefficients: &Coefficients) -> Vec<u8> {
     let out_stride = coefficients.windows.len() * CHANNELS;
     let mut out = vec![0; rows.len() * out_stride];
-    let rows = pixels[rows.start * in_stride..rows.end * in_stride].chunks_exact(in_stride);
+    let in_stride = block.width * CHANNELS;
+    let rows = block.pixels[(rows.start - block.top) * in_stride..(rows.end - block.top) * in_stride]
+        .chunks_exact(in_stride);
+    // Each window as sample offsets within a row of the block, worked out once rather than per row.
+    let windows: Vec<(Range<usize>, &[i32])> = coefficients
+        .iter()
+        .map(|(window, weights)| {
+            ((window.start - block.left) * CHANNELS..(window.end - block.left) * CHANNELS, weights)
+        })
+        .collect();
     for (out_row, row) in out.chunks_exact_mut(out_stride).zip(rows) {
-        for (out_pixel, (window, weights)) in out_row.chunks_exact_mut(CHANNELS).zip(coefficients.iter()) {
+        for (out_pixel, (samples, weights)) in out_row.chunks_exact_mut(CHANNELS).zip(&windows) {
             let mut sums = [ROUNDING; CHANNELS];
-            let sources = row[window.start * CHANNELS..window.end * CHANNELS].chunks_exact(CHANNELS);
-            for (source, &weight) in sources.zip(weights) {
+            for (source, &weight) in row[samples.clone()].chunks_exact(CHANNELS).zip(*weights) {
                 for (sum, &sample) in sums.iter_mut().zip(source) {
                     *sum += i32::from(sample) * weight;
                 }
@@ -261,16 +364,15 @@ fn horizontal_pass(
     out
 }
 
-/// Resamples `pixels` (rows of `width` RGB pixels, the first being source row `rows_from`) vertically.
-fn vertical_pass(pixels: &[u8], width: usize, rows_from: usize, coefficients: &Coefficients) -> Vec<u8> {
-    let stride = width * CHANNELS;
+/// Resamples image columns `columns` of `block` vertically, one output row per coefficient window.
+fn vertical_pass(block: Block<'_>, columns: Range<usize>, coefficients: &Coefficients) -> Vec<u8> {
+    let stride = columns.len() * CHANNELS;
     let mut out = vec![0; coefficients.windows.len() * stride];
     // Row-at-a-time accumulation keeps the inner loop contiguous so that it vectorizes.
     let mut sums = vec![0_i32; stride];
     for (out_row, (window, weights)) in out.chunks_exact_mut(stride).zip(coefficients.iter()) {
         sums.fill(ROUNDING);
-        let rows = pixels[(window.start - rows_from) * stride..(window.end - rows_from) * stride]
-            .chunks_exact(stride);
+        let rows = window.map(|row| block.row(row, columns.clone()));
         for (row, &weight) in rows.zip(weights) {
             for (sum, &sample) in sums.iter_mut().zip(row) {
                 *sum += i32::from(sample) * weight;
@@ -285,11 +387,11 @@ fn vertical_pass(pixels: &[u8], width: usize, rows_from: usize, coefficients: &C
 
 /// Pillow's `NEAREST` resize (`ImagingScaleAffine`): the source pixel under each output pixel's center,
 /// positions accumulated in `f64` as Pillow does.
-fn nearest(image: &RgbImage, width: u32, height: u32) -> Vec<u8> {
-    let columns = nearest_sources(image.width(), width);
+fn nearest(image: &RgbImage, window: &ResizeWindow) -> Vec<u8> {
+    let columns = nearest_sources(image.width(), window.width, &window.columns);
     let stride = image.width() as usize * CHANNELS;
-    let mut out = Vec::with_capacity(width as usize * height as usize * CHANNELS);
-    for row in nearest_sources(image.height(), height) {
+    let mut out = Vec::with_capacity(window.columns.len() * window.rows.len() * CHANNELS);
+    for row in nearest_sources(image.height(), window.height, &window.rows) {
         let row = &image.as_raw()[row * stride..(row + 1) * stride];
         for &column in &columns {
             out.extend_from_slice(&row[column * CHANNELS..(column + 1) * CHANNELS]);
@@ -298,16 +400,19 @@ fn nearest(image: &RgbImage, width: u32, height: u32) -> Vec<u8> {
     out
 }
 
-fn nearest_sources(in_size: u32, out_size: u32) -> Vec<usize> {
+/// The source pixel of each output in `outputs`; the accumulation runs from output 0 because each
+/// position carries the rounding of all before it.
+fn nearest_sources(in_size: u32, out_size: u32, outputs: &Range<u32>) -> Vec<usize> {
     let step = f64::from(in_size) / f64::from(out_size);
     let mut position = step * 0.5;
     let last = in_size as usize - 1;
-    (0..out_size)
+    (0..outputs.end)
         .map(|_| {
             let source = (position as usize).min(last);
             position += step;
             source
         })
+        .skip(outputs.start as usize)
         .collect()
 }
 
@@ -318,11 +423,13 @@ struct Lerp {
     fraction: f32,
 }
 
-/// TensorFlow's `compute_interpolation_weights` with `HalfPixelScaler`, in `f32` as TensorFlow computes it.
-fn tf_lerps(in_size: u32, out_size: u32) -> Vec<Lerp> {
+/// TensorFlow's `compute_interpolation_weights` with `HalfPixelScaler`, in `f32` as TensorFlow computes it,
+/// for the outputs `outputs`.
+fn tf_lerps(in_size: u32, out_size: u32, outputs: &Range<u32>) -> Vec<Lerp> {
     let scale = in_size as f32 / out_size as f32;
     let last = in_size as usize - 1;
-    (0..out_size)
+    outputs
+        .clone()
         .map(|out_index| {
             let position = (out_index as f32 + 0.5) * scale - 0.5;
             let floor = position.floor();
@@ -337,12 +444,12 @@ fn tf_lerps(in_size: u32, out_size: u32) -> Vec<Lerp> {
 
 /// `tf.image.resize(method="bilinear", antialias=False)` (TensorFlow's `ResizeBilinear` with
 /// `half_pixel_centers=True`), rounded to the nearest `u8`.
-fn tf_bilinear(image: &RgbImage, width: u32, height: u32) -> Vec<u8> {
-    let columns = tf_lerps(image.width(), width);
+fn tf_bilinear(image: &RgbImage, window: &ResizeWindow) -> Vec<u8> {
+    let columns = tf_lerps(image.width(), window.width, &window.columns);
     let stride = image.width() as usize * CHANNELS;
     let row = |index: usize| &image.as_raw()[index * stride..(index + 1) * stride];
-    let mut out = Vec::with_capacity(width as usize * height as usize * CHANNELS);
-    for y in tf_lerps(image.height(), height) {
+    let mut out = Vec::with_capacity(window.columns.len() * window.rows.len() * CHANNELS);
+    for y in tf_lerps(image.height(), window.height, &window.rows) {
         let (top, bottom) = (row(y.low), row(y.high));
         for x in &columns {
             for channel in 0..CHANNELS {
@@ -361,6 +468,8 @@ fn tf_bilinear(image: &RgbImage, width: u32, height: u32) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use artifact::Decoder;
+
     use super::*;
     use crate::image::ImageLimits;
     use crate::image::decode::decode_rgb8;
@@ -371,15 +480,21 @@ mod tests {
     /// more (Pillow's vertical-first order), both grow, only the height changes, only the width changes.
     const SIZES: [(u32, u32); 5] = [(11, 7), (25, 5), (41, 23), (29, 31), (7, 17)];
 
+    /// The whole of a `width` x `height` resize.
+    fn full(width: u32, height: u32) -> ResizeWindow {
+        ResizeWindow { width, height, columns: 0..width, rows: 0..height }
+    }
+
     fn source() -> Result<RgbImage, Box<dyn std::error::Error>> {
-        Ok(decode_rgb8(include_bytes!("testdata/resize-source.png"), &ImageLimits::default())?)
+        let png = include_bytes!("testdata/resize-source.png");
+        Ok(decode_rgb8(png, &ImageLimits::default(), Decoder::Pillow, false)?)
     }
 
     /// Resizes the 29x17 source to every size in [`SIZES`] and compares with the concatenated golden.
     fn assert_matches_golden(mode: ResizeMode, filter: ResampleFilter, golden: &[u8]) -> TestResult {
         let mut offset = 0;
         for (width, height) in SIZES {
-            let resized = resize(source()?, mode, filter, width, height);
+            let resized = resize(source()?, mode, filter, &full(width, height));
             let expected = &golden[offset..offset + resized.len()];
             let differing = resized.iter().zip(expected).filter(|(ours, theirs)| ours != theirs).count();
             assert_eq!(differing, 0, "{mode:?} {filter:?} to {width}x{height}: {differing} samples differ");
@@ -418,7 +533,7 @@ mod tests {
         // tf.image.resize([[0, 100]], (1, 4)) is [0, 25, 75, 100]: the outer outputs clamp to the edge
         // pixels and the inner ones sit a quarter of the way between them.
         let image = RgbImage::from_raw(2, 1, vec![0, 0, 0, 100, 100, 100]).ok_or("2x1 buffer")?;
-        let resized = resize(image, ResizeMode::Tf, ResampleFilter::Bilinear, 4, 1);
+        let resized = resize(image, ResizeMode::Tf, ResampleFilter::Bilinear, &full(4, 1));
         assert_eq!(resized, [0, 0, 0, 25, 25, 25, 75, 75, 75, 100, 100, 100]);
         Ok(())
     }
@@ -428,7 +543,7 @@ mod tests {
         let image = source()?;
         for mode in [ResizeMode::Pil, ResizeMode::Tf] {
             assert_eq!(
-                &resize(image.clone(), mode, ResampleFilter::Lanczos, 29, 17),
+                &resize(image.clone(), mode, ResampleFilter::Lanczos, &full(29, 17)),
                 image.as_raw(),
                 "{mode:?}"
             );
@@ -441,9 +556,57 @@ mod tests {
         let image = RgbImage::from_raw(1, 1, vec![12, 34, 56]).ok_or("1x1 buffer")?;
         for mode in [ResizeMode::Pil, ResizeMode::Tf] {
             for filter in [ResampleFilter::Nearest, ResampleFilter::Bilinear, ResampleFilter::Lanczos] {
-                let resized = resize(image.clone(), mode, filter, 5, 3);
+                let resized = resize(image.clone(), mode, filter, &full(5, 3));
                 assert!(resized.chunks_exact(3).all(|pixel| pixel == [12, 34, 56]), "{mode:?} {filter:?}");
                 assert_eq!(resized.len(), 5 * 3 * 3);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every part of every resize equals that part of the full resize: windows at the corners, in the
+    /// middle, single rows and columns, for every mode and filter, with both of Pillow's pass orders, and
+    /// with one axis or both kept at their size.
+    #[test]
+    fn a_window_of_a_resize_equals_that_part_of_the_full_resize() -> TestResult {
+        let image = source()?;
+        let modes = [
+            (ResizeMode::Pil, ResampleFilter::Nearest),
+            (ResizeMode::Pil, ResampleFilter::Box),
+            (ResizeMode::Pil, ResampleFilter::Bilinear),
+            (ResizeMode::Pil, ResampleFilter::Hamming),
+            (ResizeMode::Pil, ResampleFilter::Bicubic),
+            (ResizeMode::Pil, ResampleFilter::Lanczos),
+            (ResizeMode::Tf, ResampleFilter::Bilinear),
+        ];
+        for (mode, filter) in modes {
+            for (width, height) in SIZES.into_iter().chain([(29, 17), (29, 9), (13, 17)]) {
+                let whole = resize(image.clone(), mode, filter, &full(width, height));
+                let row_stride = width as usize * CHANNELS;
+                for (columns, rows) in [
+                    (0..width, 0..height),
+                    (0..1, 0..1),
+                    (width - 1..width, height - 1..height),
+                    (width / 3..width - width / 4, height / 4..height - height / 3),
+                    (0..width, height / 2..height / 2 + 1),
+                    (width / 2..width / 2 + 1, 0..height),
+                ] {
+                    let window = ResizeWindow { width, height, columns: columns.clone(), rows: rows.clone() };
+                    let expected: Vec<u8> = whole
+                        .chunks_exact(row_stride)
+                        .skip(rows.start as usize)
+                        .take(rows.len())
+                        .flat_map(|row| {
+                            &row[columns.start as usize * CHANNELS..columns.end as usize * CHANNELS]
+                        })
+                        .copied()
+                        .collect();
+                    assert_eq!(
+                        resize(image.clone(), mode, filter, &window),
+                        expected,
+                        "{mode:?} {filter:?} to {width}x{height}, columns {columns:?}, rows {rows:?}"
+                    );
+                }
             }
         }
         Ok(())

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Regenerates the image-path test data next to this script: inputs and what Pillow (or TensorFlow) makes of them.
 
-Run with the fixtures virtualenv (pillow==13.0.0, numpy), from any directory:
+Run with the fixtures virtualenv (pillow==13.0.0, numpy, transformers==5.23.0), from any directory:
     python crates/runtime/src/image/testdata/generate.py
 `tf-bilinear.rgb` additionally needs tensorflow-cpu==2.21.0 (`--tf`); without it that file is left as is.
+Decoder inputs in every other format and colour type, with EXIF orientations, go to `formats/` (see `formats.py`).
 Every file is small; the tests compare the Rust output with these bytes exactly.
 """
 
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+import formats
 
 HERE = Path(__file__).resolve().parent
 SEED = 20261124
@@ -80,7 +83,7 @@ def write_png_16(path, samples, colour_type):
 
 
 def decode_cases():
-    """Encoded images and Pillow's `Image.open(...).convert("RGB")` of each (16-bit gray: the high byte)."""
+    """Encoded images and Pillow's `Image.open(...).convert("RGB")` of each (16-bit gray: clipped to 255)."""
     picture = photo(24, 16)
     Image.fromarray(picture).save(HERE / "yuv420.jpg", quality=90, subsampling="4:2:0")
     Image.fromarray(picture).save(HERE / "yuv422.jpg", quality=90, subsampling="4:2:2")
@@ -105,12 +108,11 @@ def decode_cases():
     write_png_16(HERE / "gray16.png", wide[..., 1], 0)
     for name in (
         "yuv420.jpg", "yuv422.jpg", "progressive.jpg", "gray.jpg", "cmyk.jpg", "rgb.png", "1x1.png", "1x1.jpg",
-        "palette.png", "rgba.png", "la.png", "bilevel.png", "rgb16.png", "rgba16.png",
+        "palette.png", "rgba.png", "la.png", "bilevel.png", "rgb16.png", "rgba16.png", "gray16.png",
     ):
         with Image.open(HERE / name) as image:
             (HERE / f"{name}.rgb").write_bytes(rgb_bytes(image))
-    high = (wide[..., 1] >> 8).astype(np.uint8)
-    (HERE / "gray16.png.rgb").write_bytes(np.repeat(high[..., None], 3, axis=2).tobytes())
+    formats.write(HERE / "formats")
 
 
 def resize_cases(with_tf):
@@ -130,12 +132,139 @@ def resize_cases(with_tf):
         (HERE / "tf-bilinear.rgb").write_bytes(b"".join(outputs))
 
 
+def geometry_cases():
+    """`geometry.json` and `pipelines.rgb`: what transformers 5.23's PIL-backend image processors compute.
+
+    `sizes`: the (height, width) `PilBackend.resize` resizes an image to for a `shortest_edge` size (with and
+    without `longest_edge`), taken from `resize` itself with the Pillow call stubbed out. `crops`:
+    `image_transforms.center_crop` of small CHW images whose samples are all distinct and non-zero, so that
+    the zero padding and every offset show. `pipelines`: whole processors (rescale and normalize off, so the
+    output is the `u8` image the graph receives) run on `resize-source.png`, with the kiln `preprocess`
+    object that describes each; their outputs (HWC) are concatenated in `pipelines.rgb`.
+    """
+    import json
+
+    from transformers import image_processing_backends
+    from transformers.image_transforms import center_crop
+    from transformers.image_utils import SizeDict
+    from transformers.models.mobilevit.image_processing_pil_mobilevit import MobileViTImageProcessorPil
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    def resized_size(height, width, size):
+        stub = image_processing_backends.np_resize
+        image_processing_backends.np_resize = lambda image, size, **kwargs: size
+        try:
+            image = np.empty((3, height, width), dtype=np.uint8)
+            return list(ViTImageProcessorPil().resize(image, SizeDict(**size)))
+        finally:
+            image_processing_backends.np_resize = stub
+
+    sizes = []
+    for height, width, size in [
+        (17, 29, {"shortest_edge": 11}),
+        (29, 17, {"shortest_edge": 11}),
+        (480, 640, {"shortest_edge": 224}),
+        (640, 480, {"shortest_edge": 224}),
+        (333, 500, {"shortest_edge": 256}),
+        (7, 3, {"shortest_edge": 5}),
+        (100, 100, {"shortest_edge": 224}),
+        (224, 300, {"shortest_edge": 224}),
+        (300, 224, {"shortest_edge": 224}),
+        (224, 224, {"shortest_edge": 224}),
+        (1, 1000, {"shortest_edge": 224}),
+        (480, 640, {"shortest_edge": 224, "longest_edge": 300}),
+        (200, 640, {"shortest_edge": 224, "longest_edge": 300}),
+        (640, 200, {"shortest_edge": 224, "longest_edge": 300}),
+        (100, 177, {"shortest_edge": 224, "longest_edge": 300}),
+        (177, 100, {"shortest_edge": 224, "longest_edge": 300}),
+        (1, 41, {"shortest_edge": 256, "longest_edge": 333}),
+        (75, 300, {"shortest_edge": 224, "longest_edge": 300}),
+        (300, 224, {"shortest_edge": 224, "longest_edge": 1333}),
+        (1, 40, {"shortest_edge": 224, "longest_edge": 300}),
+        (1, 120, {"shortest_edge": 224, "longest_edge": 300}),
+        (1, 1000, {"shortest_edge": 224, "longest_edge": 300}),
+    ]:
+        sizes.append({"image": [height, width], "size": size, "resized": resized_size(height, width, size)})
+
+    crops = []
+    for (height, width), (crop_height, crop_width) in [
+        ((6, 8), (4, 4)),
+        ((7, 9), (4, 4)),
+        ((5, 5), (5, 5)),
+        ((6, 8), (3, 5)),
+        ((3, 8), (6, 4)),
+        ((8, 3), (4, 6)),
+        ((4, 4), (6, 6)),
+        ((2, 3), (5, 6)),
+        ((1, 1), (2, 3)),
+    ]:
+        image = (1 + np.arange(3 * height * width, dtype=np.uint8)).reshape(3, height, width)
+        cropped = center_crop(image, (crop_height, crop_width), input_data_format="channels_first")
+        crops.append(
+            {
+                "image": [height, width],
+                "crop": [crop_height, crop_width],
+                "pixels": cropped.transpose(1, 2, 0).reshape(-1).tolist(),
+            }
+        )
+
+    resample_names = {int(value): name for name, value in FILTERS.items()}
+    pipelines, outputs = [], []
+    source = Image.open(HERE / "resize-source.png").convert("RGB")
+    for processor, kwargs in [
+        (ViTImageProcessorPil, {"size": {"shortest_edge": 11}, "crop_size": {"height": 9, "width": 7}, "resample": 3}),
+        (ViTImageProcessorPil, {"size": {"shortest_edge": 17}, "crop_size": {"height": 15, "width": 15}, "resample": 2}),
+        (ViTImageProcessorPil, {"size": {"shortest_edge": 23}, "crop_size": {"height": 21, "width": 31}, "resample": 0}),
+        (ViTImageProcessorPil, {"size": {"shortest_edge": 11}, "crop_size": {"height": 13, "width": 21}, "resample": 2}),
+        (
+            ViTImageProcessorPil,
+            {"size": {"shortest_edge": 13, "longest_edge": 20}, "crop_size": {"height": 10, "width": 16}, "resample": 1},
+        ),
+        (ViTImageProcessorPil, {"size": {"height": 20, "width": 15}, "crop_size": {"height": 16, "width": 12}, "resample": 1}),
+        (ViTImageProcessorPil, {"size": {"height": 5, "width": 25}, "crop_size": {"height": 4, "width": 21}, "resample": 2}),
+        (MobileViTImageProcessorPil, {"size": {"shortest_edge": 11}, "crop_size": {"height": 14, "width": 14}, "resample": 2}),
+    ]:
+        kwargs = {**kwargs, "do_center_crop": True, "do_rescale": False, "do_normalize": False}
+        pixels = processor(**kwargs)(source)["pixel_values"][0]
+        assert pixels.dtype == np.uint8, pixels.dtype
+        outputs.append(pixels.transpose(1, 2, 0).tobytes())
+        bgr = kwargs.get("do_flip_channel_order", processor is MobileViTImageProcessorPil)
+        pipelines.append(
+            {
+                "processor": processor.__name__,
+                "kwargs": kwargs,
+                "height": pixels.shape[1],
+                "width": pixels.shape[2],
+                "preprocess": {
+                    "processor": processor.__name__.removesuffix("Pil"),
+                    "decoder": "pillow",
+                    "exif_orientation": False,
+                    "resize": "pil",
+                    "resample": resample_names[kwargs["resample"]],
+                    "size": kwargs["size"],
+                    "crop": kwargs["crop_size"],
+                    "channel_order": "bgr" if bgr else "rgb",
+                    "scale": [1.0, 1.0, 1.0],
+                    "offset": [0.0, 0.0, 0.0],
+                },
+            }
+        )
+    (HERE / "pipelines.rgb").write_bytes(b"".join(outputs))
+    # One case per line, so a regenerated file diffs case by case.
+    sections = ",\n".join(
+        f' "{name}": [\n' + ",\n".join(f"  {json.dumps(case)}" for case in cases) + "\n ]"
+        for name, cases in [("sizes", sizes), ("crops", crops), ("pipelines", pipelines)]
+    )
+    (HERE / "geometry.json").write_text("{\n" + sections + "\n}\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tf", action="store_true", help="also regenerate tf-bilinear.rgb (needs tensorflow)")
     args = parser.parse_args()
     decode_cases()
     resize_cases(args.tf)
+    geometry_cases()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-//! `kiln`: export Hugging Face ViT checkpoints to versioned artifacts, inspect them like
+//! `kiln`: export Hugging Face image-classification checkpoints to versioned artifacts, inspect them like
 //! `saved_model_cli show`, and classify images with them.
 
 mod check;

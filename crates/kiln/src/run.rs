@@ -15,7 +15,7 @@ pub struct RunArgs {
     /// A version directory, or a base directory (its highest version is used).
     #[arg(long)]
     dir: PathBuf,
-    /// Image files (JPEG or PNG, or files holding base64 text of one).
+    /// Image files (JPEG, PNG, WebP, GIF, BMP, TIFF, or files holding base64 text of one).
     #[arg(long, num_args = 1..)]
     image: Vec<PathBuf>,
     /// Inputs as in saved_model_cli: `string_input=["<base64>", ...]` (a JSON string or list of strings).

@@ -1,8 +1,8 @@
 //! Loads a kiln artifact once and classifies images with it.
 //!
 //! The public surface is [`Model`]: [`Model::load`] verifies and compiles an artifact, [`Model::prepare`]
-//! turns one input string (base64 or raw JPEG/PNG bytes) into the graph's input image,
-//! [`Model::infer`] runs a batch of prepared images, and [`Model::predict`] does both for a batch of
+//! turns one input string (base64 or raw image bytes: JPEG, PNG, WebP, GIF, BMP, TIFF) into the graph's
+//! input image, [`Model::infer`] runs a batch of prepared images, and [`Model::predict`] does both for a batch of
 //! strings, giving each instance its own result. [`nnef`] is the graph reader and writer every kiln graph
 //! goes through: tract's, plus kiln's operations ([`Attention`]; [`LinearI8`] in int8 graphs;
 //! [`QuantizeRows`] in format version 1 int8 graphs).

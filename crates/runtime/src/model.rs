@@ -144,7 +144,8 @@ impl Model {
         &self.manifest
     }
 
-    /// Turns one input string (base64 text or raw JPEG/PNG bytes) into the graph's input image.
+    /// Turns one input string (base64 text or raw image bytes: JPEG, PNG, WebP, GIF, BMP, TIFF) into the
+    /// graph's input image.
     pub fn prepare(&self, input: &[u8]) -> Result<PreparedImage, InstanceError> {
         prepare(input, &self.manifest.preprocess, &self.options.limits)
     }

@@ -34,13 +34,15 @@ pub(crate) fn sample_manifest() -> Manifest {
         },
         signatures: BTreeMap::from([("serving_default".into(), signature)]),
         labels: vec!["circle".into(), "square".into(), "triangle ▲".into()],
-        preprocess: PreprocessSpec {
-            resize: ResizeMode::Pil,
-            resample: ResampleFilter::Bilinear,
-            rescale_factor: 1.0 / 255.0,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-        },
+        preprocess: PreprocessSpec::legacy(
+            ResizeMode::Pil,
+            ResampleFilter::Bilinear,
+            32,
+            32,
+            1.0 / 255.0,
+            [0.5; 3],
+            [0.5; 3],
+        ),
         provenance: Provenance {
             exporter: "kiln-export 0.1.0".into(),
             source_format: "safetensors".into(),
@@ -67,7 +69,7 @@ pub(crate) fn publish_sample(base: &Path, version: Option<u64>) -> Result<Versio
     let notes = writer.file_path("notes/export.txt")?;
     std::fs::write(&notes, b"exported by a test\n").map_err(ArtifactError::io("write", &notes))?;
     std::fs::remove_file(&source).map_err(ArtifactError::io("remove", &source))?;
-    writer.publish(sample_manifest())
+    writer.publish(sample_manifest()).map(|publication| publication.dir)
 }
 
 /// The sample artifact published as version 1 of a fresh base; keep the `TempDir` alive while using it.

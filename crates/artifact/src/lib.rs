@@ -3,7 +3,8 @@
 //! An artifact is a directory `<base>/<version>` holding a [`Manifest`] and the files it lists with their
 //! sha256 digests. This crate owns the three things everyone else relies on: which directories are
 //! versions ([`list_versions`], [`resolve_dir`]), write-once publishing ([`ArtifactWriter`]), and checked
-//! loading ([`Artifact::open`]). `FORMAT.md` beside this crate is the contract in prose.
+//! loading ([`Artifact::open`]), which also yields the version's content digest
+//! ([`Artifact::content_digest`]). `FORMAT.md` beside this crate is the contract in prose.
 //!
 //! ```no_run
 //! use artifact::{Artifact, ArtifactWriter, Manifest, resolve_dir};
@@ -13,18 +14,21 @@
 //! let mut writer = ArtifactWriter::create("/models/vit", None)?;
 //! writer.copy_file("graph.nnef.tar", "/tmp/graph.nnef.tar")?;
 //! let published = writer.publish(manifest())?;
-//! println!("{}", published.path().display());
+//! println!("{} {}", published.dir.path().display(), published.content_digest);
 //!
 //! // Load: a base dir resolves to its highest version; every digest is checked before use.
 //! let artifact = Artifact::open(resolve_dir("/models/vit")?)?;
 //! let graph = artifact.graph_path();
-//! # let _ = graph;
+//! // One sha256 over everything the version holds except when it was made (FORMAT.md, "Content digest").
+//! let content = artifact.content_digest();
+//! # let _ = (graph, content);
 //! # Ok(())
 //! # }
 //! ```
 
 #![deny(missing_docs)]
 
+mod content;
 mod digest;
 mod error;
 #[cfg(test)]
@@ -38,11 +42,12 @@ mod writer;
 pub use error::ArtifactError;
 pub use load::Artifact;
 pub use manifest::{
-    FORMAT_VERSION, GraphSpec, MANIFEST_DIGEST_FILE, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest,
-    PreprocessSpec, Provenance, ResampleFilter, ResizeMode, Signature, SourceFile, TensorInfo,
+    ChannelOrder, CropSize, Decoder, FORMAT_VERSION, GraphSpec, MANIFEST_DIGEST_FILE, MANIFEST_FILE,
+    MAX_MANIFEST_BYTES, Manifest, PreprocessSpec, Provenance, ResampleFilter, ResizeMode, ResizeSize,
+    Signature, SourceFile, TensorInfo,
 };
 pub use version::{
     MAX_VERSION, TEMP_DIR_PREFIX, VersionDir, highest_version, list_versions, next_version, parse_version,
     remove_stale_temp_dirs, resolve_dir,
 };
-pub use writer::ArtifactWriter;
+pub use writer::{ArtifactWriter, Publication};

@@ -7,10 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::content::content_digest;
 use crate::digest::{parse_manifest_digest_line, sha256_bytes, sha256_file};
 use crate::error::ArtifactError;
 use crate::layout::{Entry, join_name, walk};
-use crate::manifest::{FORMAT_VERSION, MANIFEST_DIGEST_FILE, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest};
+use crate::manifest::{
+    FORMAT_VERSION, MANIFEST_DIGEST_FILE, MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, upgrade_preprocess,
+};
 use crate::version::parse_version;
 
 /// A version directory whose manifest and every listed file have been verified.
@@ -23,6 +26,7 @@ use crate::version::parse_version;
 pub struct Artifact {
     dir: PathBuf,
     manifest: Manifest,
+    content_digest: String,
 }
 
 impl Artifact {
@@ -51,7 +55,11 @@ impl Artifact {
                 supported: FORMAT_VERSION,
             });
         }
-        let manifest: Manifest = serde_json::from_slice(&json).map_err(parse_error)?;
+        let mut value: serde_json::Value = serde_json::from_slice(&json).map_err(parse_error)?;
+        // Of the manifest as stored: an upgraded older manifest keeps the digest it was published with.
+        let content_digest = content_digest(&value);
+        upgrade_preprocess(probe.format_version, &mut value);
+        let manifest: Manifest = serde_json::from_value(value).map_err(parse_error)?;
         manifest.check(&manifest_path)?;
 
         let mut present = BTreeSet::new();
@@ -74,7 +82,7 @@ impl Artifact {
                 return Err(ArtifactError::DigestMismatch { path, expected: expected.clone(), actual });
             }
         }
-        Ok(Artifact { dir: dir.to_path_buf(), manifest })
+        Ok(Artifact { dir: dir.to_path_buf(), manifest, content_digest })
     }
 
     /// The version directory.
@@ -91,6 +99,13 @@ impl Artifact {
     /// The verified manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The content digest (lowercase hex sha256): what this version holds, every file through its listed
+    /// digest, leaving out only when it was exported (`provenance.created_unix`). Two exports of the same
+    /// inputs by the same kiln have equal digests; `FORMAT.md` defines it so other tools can recompute it.
+    pub fn content_digest(&self) -> &str {
+        &self.content_digest
     }
 
     /// Consumes the handle and keeps only the manifest, for callers that copy what they need out of it.
@@ -171,6 +186,9 @@ mod tests {
         Ok(())
     }
 
+    /// The content digest of the sample artifact (`crate::fixture::publish_sample`).
+    const SAMPLE_CONTENT_DIGEST: &str = "32384c0772d88345b4707b3355d5be0ccb55ae51c6f5f6d118b9c8c7cb535765";
+
     fn open_err(dir: &Path) -> Result<ArtifactError, Box<dyn std::error::Error>> {
         match Artifact::open(dir) {
             Ok(_) => Err(format!("`{}` opened despite the damage", dir.display()).into()),
@@ -204,6 +222,26 @@ mod tests {
         let digest_line = fs::read_to_string(published.path().join(MANIFEST_DIGEST_FILE))?;
         let manifest_digest = sha256_bytes(&fs::read(published.path().join(MANIFEST_FILE))?);
         assert_eq!(digest_line, format!("{manifest_digest}  manifest.json\n"));
+        Ok(())
+    }
+
+    /// The content digest is pinned: this value was computed by an independent RFC 8785 implementation
+    /// (Python's `rfc8785` 0.1.4) with the recipe in FORMAT.md, so a change to the definition fails here.
+    #[test]
+    fn the_content_digest_follows_the_documented_recipe() -> TestResult {
+        let (_base, dir) = sample_version()?;
+        let artifact = Artifact::open(&dir)?;
+        assert_eq!(artifact.content_digest(), SAMPLE_CONTENT_DIGEST);
+
+        // Rewritten by hand (another tool's whitespace, another export time): the same content.
+        rewrite_manifest(&dir, |m| m["provenance"]["created_unix"] = 1.into())?;
+        assert_eq!(Artifact::open(&dir)?.content_digest(), SAMPLE_CONTENT_DIGEST);
+        // Everything else in the manifest is content: a source digest, a preprocessing constant.
+        rewrite_manifest(&dir, |m| m["provenance"]["sources"][0]["bytes"] = 4.into())?;
+        let changed = Artifact::open(&dir)?.content_digest().to_owned();
+        assert_ne!(changed, SAMPLE_CONTENT_DIGEST);
+        rewrite_manifest(&dir, |m| m["preprocess"]["scale"][0] = 0.0078125.into())?;
+        assert_ne!(Artifact::open(&dir)?.content_digest(), changed);
         Ok(())
     }
 
@@ -301,14 +339,21 @@ mod tests {
         Ok(())
     }
 
-    /// A build that bumps the version keeps reading every older one.
+    /// A build that bumps the version keeps reading every older one, upgrading the preprocessing that
+    /// versions 1 and 2 wrote (resize straight to the graph's size, rescale/mean/std) to the same steps.
     #[test]
     fn every_older_format_version_is_read() -> TestResult {
         let (_base, dir) = sample_version()?;
+        let current = Artifact::open(&dir)?.manifest().preprocess.clone();
         for version in 1..FORMAT_VERSION {
-            rewrite_manifest(&dir, |m| m["format_version"] = version.into())?;
+            rewrite_manifest(&dir, |m| {
+                m["format_version"] = version.into();
+                m["preprocess"] = serde_json::json!({"resize": "pil", "resample": "bilinear",
+                    "rescale_factor": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]});
+            })?;
             let artifact = Artifact::open(&dir)?;
             assert_eq!(artifact.manifest().format_version, version);
+            assert_eq!(artifact.manifest().preprocess, current, "format_version {version}");
         }
         Ok(())
     }

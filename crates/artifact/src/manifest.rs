@@ -13,7 +13,7 @@ use crate::layout::check_file_name;
 ///
 /// Bumped whenever a reader built for the previous version could misread an artifact; with unknown fields
 /// denied that is any schema change (rules in `FORMAT.md`).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// File name of the manifest inside a version directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -136,21 +136,139 @@ pub enum ResampleFilter {
     Lanczos,
 }
 
-/// The image preprocessing the runtime performs before the graph (decode and resize); the arithmetic
-/// (rescale, normalize, layout) lives inside the graph and is recorded here for inspection only.
+/// How input bytes become RGB pixels before any geometry is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decoder {
+    /// What `PIL.Image.open(...).convert("RGB")` yields (the Hugging Face pipeline): libjpeg-turbo's
+    /// accurate integer DCT with fancy upsampling, every format Pillow opens.
+    Pillow,
+    /// What `tf.io.decode_image(..., channels=3)` yields (the TF Serving seed): JPEG with libjpeg's fast
+    /// integer DCT (`JDCT_IFAST`) and fancy upsampling; only JPEG, PNG, GIF and BMP are accepted.
+    Tensorflow,
+}
+
+/// The size an image is resized to, before any crop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum ResizeSize {
+    /// Exactly `height` x `width`, aspect ratio not kept.
+    Exact {
+        /// Output height in pixels.
+        height: u32,
+        /// Output width in pixels.
+        width: u32,
+    },
+    /// The shorter side becomes `shortest_edge` and the longer `floor(shortest_edge * long / short)`
+    /// (transformers' `get_resize_output_image_size(..., default_to_square=False)`), so an image whose
+    /// shorter side already equals `shortest_edge` keeps its size. With `longest_edge`, transformers'
+    /// `get_size_with_aspect_ratio` in its float arithmetic: when `long / short * shortest_edge` exceeds
+    /// `longest_edge`, the shorter side becomes `round(longest_edge * short / long)` (ties to even) and
+    /// the longer `int` of that unrounded value `* long / short`, which can be `longest_edge - 1`
+    /// (`FORMAT.md` has the exact steps).
+    ShortestEdge {
+        /// Target of the shorter side in pixels.
+        shortest_edge: u32,
+        /// Upper bound of the longer side, if any.
+        longest_edge: Option<u32>,
+    },
+}
+
+/// A centre crop, as transformers' `center_crop`: the window `height` x `width` centred (offsets rounded
+/// down, so an odd margin is cut at the bottom/right), zero-padded (in `u8`, before `scale` and `offset`)
+/// where it is larger than the image, the image placed `ceil(padding / 2)` from the top/left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CropSize {
+    /// Crop height in pixels.
+    pub height: u32,
+    /// Crop width in pixels.
+    pub width: u32,
+}
+
+/// Order of the three channels the graph receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    /// Red, green, blue.
+    Rgb,
+    /// Blue, green, red (MobileViT's `do_flip_channel_order`).
+    Bgr,
+}
+
+/// The image preprocessing of an artifact, as steps the runtime runs in this order: decode, orient,
+/// resize to `size`, centre-crop to `crop`, order channels; the result is the graph's `u8` input. The
+/// arithmetic after that (`pixel_values = u8 * scale[c] + offset[c]`, HWC -> CHW) lives inside the graph
+/// and is recorded here for inspection only.
+///
+/// Format versions 1 and 2 stored `{resize, resample, rescale_factor, mean, std}`; readers upgrade them
+/// to this form when loading (see `FORMAT.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreprocessSpec {
+    /// Image processor this was derived from (`ViTImageProcessor`, `ConvNextImageProcessor`, ...).
+    pub processor: String,
+    /// How bytes become RGB pixels.
+    pub decoder: Decoder,
+    /// Whether the EXIF orientation tag is applied after decoding, as transformers' `load_image` does
+    /// (`ImageOps.exif_transpose`).
+    pub exif_orientation: bool,
     /// Resize algorithm family.
     pub resize: ResizeMode,
     /// Resampling filter (only `bilinear` is meaningful with [`ResizeMode::Tf`]).
     pub resample: ResampleFilter,
-    /// Factor applied to `u8` pixel values before normalization (inside the graph).
-    pub rescale_factor: f32,
-    /// Per-channel mean subtracted after rescaling (inside the graph).
-    pub mean: [f32; 3],
-    /// Per-channel standard deviation divided by after subtracting the mean (inside the graph).
-    pub std: [f32; 3],
+    /// Size after resizing.
+    pub size: ResizeSize,
+    /// Centre crop after resizing, if any; its size is the graph's input size.
+    pub crop: Option<CropSize>,
+    /// Channel order of the graph's input.
+    pub channel_order: ChannelOrder,
+    /// Whether pixels equal to the colour key Pillow keeps in `info["transparency"]` (a GIF's transparency
+    /// index, a PNG tRNS key) become white: transformers' `convert_to_rgb`, run when the processor's
+    /// `do_convert_rgb` is set, treats that key as alpha and composites over white.
+    pub transparency_to_white: bool,
+    /// Per-channel factor applied to `u8` values inside the graph (rescale and normalization folded).
+    pub scale: [f32; 3],
+    /// Per-channel term added after `scale` inside the graph.
+    pub offset: [f32; 3],
+}
+
+impl PreprocessSpec {
+    /// The preprocessing format versions 1 and 2 described: decode as Pillow, no orientation, resize
+    /// straight to the graph's size, no crop, RGB, `(u8 * rescale_factor - mean) / std`.
+    pub fn legacy(
+        resize: ResizeMode,
+        resample: ResampleFilter,
+        height: u32,
+        width: u32,
+        rescale_factor: f32,
+        mean: [f32; 3],
+        std: [f32; 3],
+    ) -> PreprocessSpec {
+        PreprocessSpec {
+            processor: "ViTImageProcessor".into(),
+            decoder: Decoder::Pillow,
+            exif_orientation: false,
+            resize,
+            resample,
+            size: ResizeSize::Exact { height, width },
+            crop: None,
+            channel_order: ChannelOrder::Rgb,
+            transparency_to_white: false,
+            scale: std::array::from_fn(|c| rescale_factor / std[c]),
+            offset: std::array::from_fn(|c| -mean[c] / std[c]),
+        }
+    }
+
+    /// The size of the image the steps produce: the crop, or the resize size when it is exact.
+    pub fn output_size(&self) -> Option<(u32, u32)> {
+        match (self.crop, self.size) {
+            (Some(CropSize { height, width }), _) | (None, ResizeSize::Exact { height, width }) => {
+                Some((height, width))
+            }
+            (None, ResizeSize::ShortestEdge { .. }) => None,
+        }
+    }
 }
 
 /// Where an artifact came from, so a deployed version can be traced back to its checkpoint.
@@ -165,7 +283,8 @@ pub struct Provenance {
     pub architecture: String,
     /// Source files with their sha256.
     pub sources: Vec<SourceFile>,
-    /// Seconds since the Unix epoch when the export finished.
+    /// Seconds since the Unix epoch when the export finished, or `SOURCE_DATE_EPOCH` when set; the one
+    /// field the content digest leaves out.
     pub created_unix: u64,
 }
 
@@ -179,6 +298,40 @@ pub struct SourceFile {
     pub sha256: String,
     /// Size in bytes.
     pub bytes: u64,
+}
+
+/// Rewrites the `preprocess` object of a format version 1 or 2 manifest (`{resize, resample,
+/// rescale_factor, mean, std}`, images resized straight to the graph's size) into the current form with
+/// [`PreprocessSpec::legacy`]; a manifest of the current version is returned unchanged. Anything that does
+/// not have the old shape is left for the typed parse to reject.
+pub(crate) fn upgrade_preprocess(format_version: u64, manifest: &mut serde_json::Value) {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct LegacyPreprocess {
+        resize: ResizeMode,
+        resample: ResampleFilter,
+        rescale_factor: f32,
+        mean: [f32; 3],
+        std: [f32; 3],
+    }
+    if format_version >= 3 {
+        return;
+    }
+    let size = |axis: &str| manifest["graph"][axis].as_u64().and_then(|v| u32::try_from(v).ok());
+    let (Some(height), Some(width)) = (size("height"), size("width")) else { return };
+    let Ok(old) = LegacyPreprocess::deserialize(&manifest["preprocess"]) else { return };
+    let spec = PreprocessSpec::legacy(
+        old.resize,
+        old.resample,
+        height,
+        width,
+        old.rescale_factor,
+        old.mean,
+        old.std,
+    );
+    if let Ok(value) = serde_json::to_value(spec) {
+        manifest["preprocess"] = value;
+    }
 }
 
 /// Upper bound on `manifest.json`'s size, checked before reading it: a label list for 100k classes fits
@@ -229,12 +382,38 @@ impl Manifest {
             return Err(invalid("labels".into(), "a classifier needs at least one label".into()));
         }
         let p = &self.preprocess;
-        let finite = p.rescale_factor.is_finite() && p.mean.iter().chain(&p.std).all(|v| v.is_finite());
+        let finite = p.scale.iter().chain(&p.offset).all(|v| v.is_finite());
         if !finite {
-            return Err(invalid("preprocess".into(), "rescale_factor, mean and std must be finite".into()));
+            return Err(invalid("preprocess".into(), "scale and offset must be finite".into()));
         }
-        if p.std.contains(&0.0) {
-            return Err(invalid("preprocess.std".into(), format!("{:?} has a zero entry", p.std)));
+        if p.scale.contains(&0.0) {
+            return Err(invalid("preprocess.scale".into(), format!("{:?} has a zero entry", p.scale)));
+        }
+        let graph_size = (self.graph.height, self.graph.width);
+        match p.output_size() {
+            Some(size) if size == graph_size => {}
+            Some((h, w)) => {
+                let reason = format!(
+                    "the steps produce {h}x{w} images but the graph takes {}x{}",
+                    graph_size.0, graph_size.1
+                );
+                return Err(invalid("preprocess".into(), reason));
+            }
+            None => {
+                let reason = "a shortest-edge resize without a crop gives images of varying size; the \
+                              graph takes one size"
+                    .to_owned();
+                return Err(invalid("preprocess".into(), reason));
+            }
+        }
+        let sides = match p.size {
+            ResizeSize::Exact { height, width } => [height, width],
+            ResizeSize::ShortestEdge { shortest_edge, longest_edge } => {
+                [shortest_edge, longest_edge.unwrap_or(shortest_edge)]
+            }
+        };
+        if sides.contains(&0) {
+            return Err(invalid("preprocess.size".into(), format!("{:?} has a zero side", p.size)));
         }
         Ok(())
     }

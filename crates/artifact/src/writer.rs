@@ -6,15 +6,33 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::content::content_digest;
 use crate::digest::{copy_hashed, manifest_digest_line, sha256_bytes, sha256_file};
 use crate::error::ArtifactError;
 use crate::layout::{Entry, check_file_name, join_name, walk};
+use crate::load::Artifact;
 use crate::manifest::{FORMAT_VERSION, MANIFEST_DIGEST_FILE, MANIFEST_FILE, Manifest};
-use crate::version::{MAX_VERSION, TEMP_DIR_PREFIX, VersionDir, list_versions, next_version};
+use crate::version::{
+    MAX_VERSION, TEMP_DIR_PREFIX, VersionDir, highest_version, list_versions, next_version,
+};
 
 /// How often an auto-numbered publish moves on to the next number when concurrent exporters keep taking
 /// the one it picked; beyond this something is wrong rather than busy.
 const AUTO_VERSION_ATTEMPTS: usize = 64;
+
+/// What [`ArtifactWriter::publish`] or [`ArtifactWriter::publish_if_changed`] left under the base.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication {
+    /// The new version, or, when `published` is false, the existing one with the same content.
+    pub dir: VersionDir,
+    /// That version's manifest, `files` filled in.
+    pub manifest: Manifest,
+    /// The content digest both versions share (`FORMAT.md`, "Content digest"): what
+    /// [`Artifact::content_digest`] reports for the version.
+    pub content_digest: String,
+    /// False when `publish_if_changed` found the newest version already holding this content.
+    pub published: bool,
+}
 
 /// Builds one artifact version in a hidden temporary directory inside `<base>` and publishes it with an
 /// atomic rename that never replaces an existing version.
@@ -112,7 +130,23 @@ impl ArtifactWriter {
     /// concurrent publisher takes it first, an explicit version fails with
     /// [`ArtifactError::VersionExists`] and an automatic one moves on to the next number. On any error the
     /// temporary directory is removed and existing versions are untouched.
-    pub fn publish(mut self, mut manifest: Manifest) -> Result<VersionDir, ArtifactError> {
+    pub fn publish(self, manifest: Manifest) -> Result<Publication, ArtifactError> {
+        self.finish(manifest, false)
+    }
+
+    /// Like [`publish`](Self::publish), unless the newest version under the base already has the content
+    /// digest this one would have: then nothing is published, the temporary directory is removed, and the
+    /// [`Publication`] names that version with `published: false`. So a pipeline that re-exports unchanged
+    /// inputs does not make servers load an identical new version.
+    ///
+    /// Only the newest version counts (an older one with the same content is not the one being served),
+    /// and only if it verifies: one that fails [`Artifact::open`] is not the same content, so a new
+    /// version is published. Two exporters running at once may both publish.
+    pub fn publish_if_changed(self, manifest: Manifest) -> Result<Publication, ArtifactError> {
+        self.finish(manifest, true)
+    }
+
+    fn finish(mut self, mut manifest: Manifest, if_changed: bool) -> Result<Publication, ArtifactError> {
         let temp_dir = self.temp_dir.clone();
         let manifest_path = temp_dir.join(MANIFEST_FILE);
         if manifest.format_version != FORMAT_VERSION {
@@ -129,6 +163,14 @@ impl ArtifactWriter {
         let mut json = serde_json::to_vec_pretty(&manifest)
             .map_err(|source| ArtifactError::ManifestSerialize { path: manifest_path.clone(), source })?;
         json.push(b'\n');
+        // From the bytes about to be written, exactly as `Artifact::open` will compute it.
+        let stored: serde_json::Value = serde_json::from_slice(&json)
+            .map_err(|source| ArtifactError::ManifestParse { path: manifest_path.clone(), source })?;
+        let content_digest = content_digest(&stored);
+        if if_changed && let Some((dir, manifest)) = self.newest_version_with(&content_digest)? {
+            // Dropping `self` removes the temporary directory.
+            return Ok(Publication { dir, manifest, content_digest, published: false });
+        }
         write_synced(&manifest_path, &json)?;
         let digest_line = manifest_digest_line(&sha256_bytes(&json));
         write_synced(&temp_dir.join(MANIFEST_DIGEST_FILE), digest_line.as_bytes())?;
@@ -137,13 +179,29 @@ impl ArtifactWriter {
             fsync_dir(dir)?;
         }
 
-        let published = self.rename_into_place()?;
+        let dir = self.rename_into_place()?;
         self.published = true;
         // The version is visible now; this only makes the rename itself survive a power loss.
         File::open(&self.base)
             .and_then(|d| d.sync_all())
             .map_err(ArtifactError::io("fsync (after publishing into it)", &self.base))?;
-        Ok(published)
+        Ok(Publication { dir, manifest, content_digest, published: true })
+    }
+
+    /// The newest version under the base, with its manifest, if it verifies and has `content_digest`.
+    fn newest_version_with(
+        &self,
+        content_digest: &str,
+    ) -> Result<Option<(VersionDir, Manifest)>, ArtifactError> {
+        let Some(newest) = highest_version(&self.base)? else {
+            return Ok(None);
+        };
+        Ok(match Artifact::open(newest.path()) {
+            Ok(artifact) if artifact.content_digest() == content_digest => {
+                Some((newest, artifact.into_manifest()))
+            }
+            _ => None,
+        })
     }
 
     /// Hashes and fsyncs the files handed out by `file_path`, and returns the complete digest map.
@@ -435,8 +493,8 @@ mod tests {
         let a = ready_writer(base.path(), None)?;
         let b = ready_writer(base.path(), None)?;
         assert_eq!(a.version(), None);
-        assert_eq!(b.publish(sample_manifest())?.version(), 42);
-        assert_eq!(a.publish(sample_manifest())?.version(), 43);
+        assert_eq!(b.publish(sample_manifest())?.dir.version(), 42);
+        assert_eq!(a.publish(sample_manifest())?.dir.version(), 43);
         assert_eq!(next_version(base.path())?, 44);
         Ok(())
     }
@@ -456,7 +514,7 @@ mod tests {
                     writer.write_file("graph.nnef.tar", format!("graph {i}").as_bytes())?;
                     writer.write_file("warmup/cat.jpg", b"cat")?;
                     barrier.wait();
-                    Ok((explicit, writer.publish(sample_manifest())?))
+                    Ok((explicit, writer.publish(sample_manifest())?.dir))
                 })
             })
             .collect();
@@ -481,6 +539,51 @@ mod tests {
             Artifact::open(version.path())?;
         }
         assert_eq!(list_versions(base.path())?.len(), PUBLISHERS + 1);
+        assert!(temp_dirs(base.path())?.is_empty());
+        Ok(())
+    }
+
+    /// A re-export whose content equals the newest version's publishes nothing and names that version;
+    /// when the export ran never counts, a changed file or label does, and only the newest version is
+    /// compared.
+    #[test]
+    fn publish_if_changed_skips_only_what_the_newest_version_already_holds() -> TestResult {
+        let base = tempfile::tempdir()?;
+        let first = ready_writer(base.path(), None)?.publish(sample_manifest())?;
+        assert!(first.published);
+        assert_eq!(Artifact::open(first.dir.path())?.content_digest(), first.content_digest);
+
+        let mut later = sample_manifest();
+        later.provenance.created_unix += 3600;
+        let again = ready_writer(base.path(), None)?.publish_if_changed(later.clone())?;
+        assert!(!again.published);
+        assert_eq!((&again.dir, &again.content_digest), (&first.dir, &first.content_digest));
+        assert_eq!(again.manifest, first.manifest, "the existing version's manifest, its time included");
+        assert_eq!(list_versions(base.path())?.len(), 1);
+        assert!(temp_dirs(base.path())?.is_empty(), "an unpublished export must clean up");
+
+        let mut writer = ArtifactWriter::create(base.path(), None)?;
+        writer.write_file("graph.nnef.tar", b"graph, one weight changed")?;
+        writer.write_file("warmup/cat.jpg", b"cat")?;
+        let changed = writer.publish_if_changed(later.clone())?;
+        assert!(changed.published && changed.dir.version() == 2);
+        assert_ne!(changed.content_digest, first.content_digest);
+
+        let mut relabelled = later;
+        relabelled.labels[0] = "disc".into();
+        let relabelled = ready_writer(base.path(), None)?.publish_if_changed(relabelled)?;
+        assert!(relabelled.published && relabelled.dir.version() == 3);
+        assert_ne!(relabelled.content_digest, first.content_digest);
+
+        // Version 1 holds this content, but version 3 is the newest.
+        let back = ready_writer(base.path(), None)?.publish_if_changed(sample_manifest())?;
+        assert!(back.published && back.dir.version() == 4);
+        assert_eq!(back.content_digest, first.content_digest);
+
+        // A newest version that no longer verifies is not the same content.
+        fs::write(back.dir.path().join("warmup/cat.jpg"), b"dog")?;
+        let repaired = ready_writer(base.path(), None)?.publish_if_changed(sample_manifest())?;
+        assert!(repaired.published && repaired.dir.version() == 5);
         assert!(temp_dirs(base.path())?.is_empty());
         Ok(())
     }
@@ -531,7 +634,7 @@ mod tests {
 
         let writer = ready_writer(base.path(), None)?;
         let mut nan = sample_manifest();
-        nan.preprocess.std[1] = f32::NAN;
+        nan.preprocess.scale[1] = f32::NAN;
         let err = writer.publish(nan).err().ok_or("NaN std published")?;
         assert!(
             matches!(&err, ArtifactError::ManifestInvalid { field, .. } if field == "preprocess"),

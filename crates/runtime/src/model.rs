@@ -96,7 +96,8 @@ impl Model {
     }
 
     /// Compiles a graph described by `manifest` without the digest checks of [`Model::load`]: for the
-    /// exporter's self-check of an artifact that is not yet published.
+    /// exporter's self-check of an artifact that is not yet published, and for callers that verified the
+    /// artifact themselves (the server keeps the [`artifact::Artifact`] for its content digest).
     pub fn compile(
         dir: PathBuf,
         manifest: Manifest,

@@ -93,28 +93,39 @@ impl ImageFormat {
 ///
 /// With `exif_orientation`, the EXIF (or XMP) orientation is applied as Pillow's
 /// `ImageOps.exif_transpose` applies it; [`Decoder::Tensorflow`] never orients, whatever the flag.
+///
+/// With `transparency_to_white` (and [`Decoder::Pillow`]), every pixel equal to the colour key Pillow keeps
+/// in `info["transparency"]` after `convert("RGB")` becomes white, as transformers' `convert_to_rgb` does
+/// (it treats the key as alpha and composites over white). GIF's transparency index and 8-bit PNG tRNS
+/// (a palette with one fully transparent entry, a grey or an RGB key) carry a key; other formats none.
 pub(super) fn decode_rgb8(
     bytes: &[u8],
     limits: &ImageLimits,
     decoder: Decoder,
     exif_orientation: bool,
+    transparency_to_white: bool,
 ) -> Result<RgbImage, InstanceError> {
     let format = ImageFormat::sniff(bytes).ok_or_else(|| unsupported_format(bytes))?;
     if decoder == Decoder::Tensorflow && !format.decoded_by_tensorflow() {
         return Err(InstanceError::NotDecodedByTensorflow { format: format.name() });
     }
-    let image = match format {
+    let (mut image, key) = match format {
         ImageFormat::Jpeg => {
             let frame = jpeg::read_frame(bytes)?;
             check_size(frame.width, frame.height, limits)?;
-            jpeg::decode_rgb8(bytes, frame, decoder)?
+            (jpeg::decode_rgb8(bytes, frame, decoder)?, None)
         }
-        ImageFormat::Png => decode_png(bytes, limits, decoder)?,
+        ImageFormat::Png => (decode_png(bytes, limits, decoder)?, png_colour_key(bytes)),
         ImageFormat::Gif => gif::decode_rgb8(bytes, limits)?,
-        ImageFormat::WebP => webp::decode_rgb8(bytes, limits)?,
-        ImageFormat::Bmp => bmp::decode_rgb8(bytes, limits)?,
-        ImageFormat::Tiff => tiff::decode_rgb8(bytes, limits)?,
+        ImageFormat::WebP => (webp::decode_rgb8(bytes, limits)?, None),
+        ImageFormat::Bmp => (bmp::decode_rgb8(bytes, limits)?, None),
+        ImageFormat::Tiff => (tiff::decode_rgb8(bytes, limits)?, None),
     };
+    if let Some(key) = key.filter(|_| transparency_to_white && decoder == Decoder::Pillow) {
+        for pixel in image.pixels_mut().filter(|pixel| pixel.0 == key) {
+            pixel.0 = [255; 3];
+        }
+    }
     Ok(if exif_orientation && decoder == Decoder::Pillow {
         orientation::apply(image, orientation::read(format, bytes))
     } else {
@@ -162,6 +173,48 @@ fn decode_png(bytes: &[u8], limits: &ImageLimits, decoder: Decoder) -> Result<Rg
         // Gray is replicated and alpha dropped: exactly Pillow's `L`, `LA` and `RGBA` to `RGB`.
         other => other.into_rgb8(),
     })
+}
+
+/// The colour key Pillow keeps in `info["transparency"]` of an 8-bit PNG after `convert("RGB")`: the tRNS
+/// grey or RGB sample, or the palette colour of the one fully transparent entry when every other entry is
+/// opaque (Pillow keeps any other palette tRNS as bytes, which `convert("RGB")` drops). 16-bit and
+/// sub-byte keys are not read.
+fn png_colour_key(bytes: &[u8]) -> Option<[u8; 3]> {
+    let (bit_depth, colour_type) = (*bytes.get(24)?, *bytes.get(25)?);
+    let mut palette: &[u8] = &[];
+    let mut rest = bytes.get(PNG_MAGIC.len()..)?;
+    while rest.len() >= 12 {
+        let length = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
+        let kind = &rest[4..8];
+        let data = rest.get(8..8usize.checked_add(length)?)?;
+        match kind {
+            b"PLTE" => palette = data,
+            b"tRNS" => {
+                let sample = |index: usize| match data.get(2 * index..2 * index + 2)? {
+                    [0, value] => Some(*value),
+                    _ => None,
+                };
+                return match (colour_type, bit_depth) {
+                    (0, 8) => Some([sample(0)?; 3]),
+                    (2, 8) => Some([sample(0)?, sample(1)?, sample(2)?]),
+                    (3, _) => {
+                        let transparent = data.iter().position(|&alpha| alpha == 0)?;
+                        let simple = data
+                            .iter()
+                            .enumerate()
+                            .all(|(index, &alpha)| alpha == 255 || (alpha == 0 && index == transparent));
+                        let colour = palette.get(3 * transparent..3 * transparent + 3).unwrap_or(&[0; 3]);
+                        simple.then(|| colour.try_into().ok()).flatten()
+                    }
+                    _ => None,
+                };
+            }
+            b"IDAT" => return None,
+            _ => {}
+        }
+        rest = rest.get(12 + length..)?;
+    }
+    None
 }
 
 /// The same image with every 16-bit sample reduced to its high byte.
@@ -229,7 +282,7 @@ mod tests {
 
     /// Decodes as the Hugging Face pipeline does, without orientation, under the default limits.
     fn pillow(bytes: &[u8]) -> Result<RgbImage, InstanceError> {
-        decode_rgb8(bytes, &ImageLimits::default(), Decoder::Pillow, false)
+        decode_rgb8(bytes, &ImageLimits::default(), Decoder::Pillow, false, false)
     }
 
     const GRAY_JPEG: &[u8] = include_bytes!("testdata/gray.jpg");
@@ -261,6 +314,21 @@ mod tests {
             assert_eq!(decoded.as_raw().len(), expected.len(), "{name}: size");
             assert_eq!(differing, 0, "{name}: {differing} of {} samples differ from Pillow", expected.len());
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_gif_transparency_key_becomes_white_as_convert_to_rgb_makes_it() -> TestResult {
+        let gif = include_bytes!("../../../../fixtures/images/chelsea-crop-transparent.gif");
+        // transformers' `convert_to_rgb(load_image(path), return_numpy=True)`, Pillow 13.
+        let expected = include_bytes!("testdata/chelsea-crop-transparent.gif.white.rgb");
+        let limits = ImageLimits::default();
+        let whitened = decode_rgb8(gif, &limits, Decoder::Pillow, false, true)?;
+        assert_eq!(whitened.dimensions(), (200, 133));
+        assert!(whitened.as_raw() == &expected[..], "differs from Pillow + convert_to_rgb");
+        let plain = pillow(gif)?;
+        assert_ne!(plain.as_raw(), whitened.as_raw());
+        assert_eq!(decode_rgb8(gif, &limits, Decoder::Tensorflow, false, true)?, plain);
         Ok(())
     }
 
@@ -313,11 +381,11 @@ mod tests {
     fn the_pixel_limit_is_configurable() {
         let limits = ImageLimits { max_pixels: 383, ..ImageLimits::default() };
         assert_eq!(
-            decode_rgb8(GRAY_JPEG, &limits, Decoder::Pillow, false).err(),
+            decode_rgb8(GRAY_JPEG, &limits, Decoder::Pillow, false, false).err(),
             Some(InstanceError::TooManyPixels { width: 24, height: 16, pixels: 384, limit: 383 })
         );
         assert_eq!(
-            decode_rgb8(RGB_PNG, &limits, Decoder::Pillow, false).err(),
+            decode_rgb8(RGB_PNG, &limits, Decoder::Pillow, false, false).err(),
             Some(InstanceError::TooManyPixels { width: 24, height: 16, pixels: 384, limit: 383 })
         );
     }
@@ -543,7 +611,7 @@ mod tests {
             format_case!("orient-8.tif"),
         ];
         for (name, encoded, expected) in cases {
-            let decoded = decode_rgb8(encoded, &ImageLimits::default(), Decoder::Pillow, true)?;
+            let decoded = decode_rgb8(encoded, &ImageLimits::default(), Decoder::Pillow, true, false)?;
             // The pictures are 7x5; orientations 5 to 8 swap the sides.
             let quarter_turn =
                 ["5", "6", "7", "8"].iter().any(|digit| name.starts_with(&format!("orient-{digit}")));
@@ -560,10 +628,10 @@ mod tests {
         let limits = ImageLimits::default();
         let plain = pillow(encoded)?;
         assert_eq!(plain.dimensions(), (7, 5));
-        let tensorflow = decode_rgb8(encoded, &limits, Decoder::Tensorflow, false)?;
-        assert_eq!(decode_rgb8(encoded, &limits, Decoder::Tensorflow, true)?, tensorflow);
+        let tensorflow = decode_rgb8(encoded, &limits, Decoder::Tensorflow, false, false)?;
+        assert_eq!(decode_rgb8(encoded, &limits, Decoder::Tensorflow, true, false)?, tensorflow);
         assert_eq!(tensorflow.dimensions(), (7, 5));
-        assert_eq!(decode_rgb8(encoded, &limits, Decoder::Pillow, true)?.dimensions(), (5, 7));
+        assert_eq!(decode_rgb8(encoded, &limits, Decoder::Pillow, true, false)?.dimensions(), (5, 7));
         // Pillow's TIFF plugin orients while loading, so a TIFF is oriented either way.
         let tiff = include_bytes!("testdata/formats/orient-8.tif");
         assert_eq!(pillow(tiff)?.as_raw().as_slice(), include_bytes!("testdata/formats/orient-8.tif.rgb"));
@@ -577,7 +645,7 @@ mod tests {
             (&include_bytes!("testdata/formats/lossless.webp")[..], "WebP"),
             (&include_bytes!("testdata/formats/rgb8.tif")[..], "TIFF"),
         ] {
-            let error = decode_rgb8(encoded, &limits, Decoder::Tensorflow, false).err();
+            let error = decode_rgb8(encoded, &limits, Decoder::Tensorflow, false, false).err();
             assert_eq!(error, Some(InstanceError::NotDecodedByTensorflow { format }));
             assert_eq!(
                 error.map(|error| error.to_string()),
@@ -593,7 +661,7 @@ mod tests {
             include_bytes!("testdata/rgb.png"),
             GRAY_JPEG,
         ] {
-            decode_rgb8(accepted, &limits, Decoder::Tensorflow, false)?;
+            decode_rgb8(accepted, &limits, Decoder::Tensorflow, false, false)?;
         }
         Ok(())
     }
@@ -607,7 +675,7 @@ mod tests {
         let high: Vec<u8> = levels.as_raw().iter().flat_map(|&level| [(level >> 8) as u8; 3]).collect();
         let clipped: Vec<u8> = levels.as_raw().iter().flat_map(|&level| [level.min(255) as u8; 3]).collect();
         let limits = ImageLimits::default();
-        assert_eq!(decode_rgb8(encoded, &limits, Decoder::Tensorflow, false)?.into_raw(), high);
+        assert_eq!(decode_rgb8(encoded, &limits, Decoder::Tensorflow, false, false)?.into_raw(), high);
         assert_eq!(pillow(encoded)?.into_raw(), clipped);
         Ok(())
     }
@@ -651,13 +719,13 @@ mod tests {
         let limits = ImageLimits { max_pixels: 1 << 16, ..ImageLimits::default() };
         for input in inputs {
             for length in (0..input.len()).step_by(5) {
-                let _ = decode_rgb8(&input[..length], &limits, Decoder::Pillow, true);
+                let _ = decode_rgb8(&input[..length], &limits, Decoder::Pillow, true, true);
             }
             for position in (0..input.len()).step_by(3) {
                 for value in [0x00, 0x7F, 0xFF] {
                     let mut damaged = input.to_vec();
                     damaged[position] = value;
-                    let _ = decode_rgb8(&damaged, &limits, Decoder::Pillow, true);
+                    let _ = decode_rgb8(&damaged, &limits, Decoder::Pillow, true, true);
                 }
             }
         }

@@ -182,6 +182,7 @@ mod tests {
             size,
             crop,
             channel_order: ChannelOrder::Rgb,
+            transparency_to_white: false,
             scale: [1.0; 3],
             offset: [0.0; 3],
         }

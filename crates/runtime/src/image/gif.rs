@@ -20,8 +20,12 @@ use super::{ImageLimits, InstanceError};
 const FORMAT: &str = "GIF";
 
 /// Decodes the first frame of a GIF into RGB8 on Pillow's canvas, checking the canvas size against
-/// `limits` before the frame's data is decoded.
-pub(super) fn decode_rgb8(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, InstanceError> {
+/// `limits` before the frame's data is decoded. Also returns the colour of the frame's transparency index,
+/// the key Pillow keeps in `info["transparency"]` after `convert("RGB")`.
+pub(super) fn decode_rgb8(
+    bytes: &[u8],
+    limits: &ImageLimits,
+) -> Result<(RgbImage, Option<[u8; 3]>), InstanceError> {
     let mut options = DecodeOptions::new();
     options.set_color_output(ColorOutput::Indexed);
     let mut decoder = options.read_info(Cursor::new(bytes)).map_err(gif_error)?;
@@ -35,7 +39,8 @@ pub(super) fn decode_rgb8(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage
     let width = u32::from(screen_width).max(left + frame_width);
     let height = u32::from(screen_height).max(top + frame_height);
     check_size(width, height, limits)?;
-    let fill = frame.transparent.unwrap_or(0);
+    let transparent = frame.transparent;
+    let fill = transparent.unwrap_or(0);
     let local_palette = frame.palette.clone();
     // `gif` refuses a frame without any colour table, so the slice is empty only for an empty table.
     let colours = colour_table(local_palette.as_deref().or(decoder.global_palette()).unwrap_or_default());
@@ -52,7 +57,8 @@ pub(super) fn decode_rgb8(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage
             }
         }
     }
-    Ok(RgbImage::from_raw(width, height, rgb).expect("canvas of width * height pixels"))
+    let key = transparent.map(|index| colours[usize::from(index)]);
+    Ok((RgbImage::from_raw(width, height, rgb).expect("canvas of width * height pixels"), key))
 }
 
 /// The colour of each of the 256 indices: the palette's entries and black past its end, or the grey

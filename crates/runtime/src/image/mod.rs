@@ -247,7 +247,7 @@ pub fn prepare(
     }
     let decoded = {
         let bytes = payload::image_bytes(input)?;
-        decode::decode_rgb8(&bytes, limits, spec.decoder, spec.exif_orientation)?
+        decode::decode_rgb8(&bytes, limits, spec.decoder, spec.exif_orientation, spec.transparency_to_white)?
     };
     let geometry = Geometry::new(spec, decoded.width(), decoded.height(), limits)?;
     let window = resize::resize(decoded, spec.resize, spec.resample, &geometry.window);

@@ -487,7 +487,7 @@ mod tests {
 
     fn source() -> Result<RgbImage, Box<dyn std::error::Error>> {
         let png = include_bytes!("testdata/resize-source.png");
-        Ok(decode_rgb8(png, &ImageLimits::default(), Decoder::Pillow, false)?)
+        Ok(decode_rgb8(png, &ImageLimits::default(), Decoder::Pillow, false, false)?)
     }
 
     /// Resizes the 29x17 source to every size in [`SIZES`] and compares with the concatenated golden.

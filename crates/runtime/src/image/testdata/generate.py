@@ -244,6 +244,7 @@ def geometry_cases():
                     "size": kwargs["size"],
                     "crop": kwargs["crop_size"],
                     "channel_order": "bgr" if bgr else "rgb",
+                    "transparency_to_white": False,
                     "scale": [1.0, 1.0, 1.0],
                     "offset": [0.0, 0.0, 0.0],
                 },

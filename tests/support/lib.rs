@@ -134,3 +134,111 @@ impl Reference {
         Ok(serde_json::from_str(&text)?)
     }
 }
+
+/// Largest |confidence - reference| accepted (the parity bar of the Hugging Face pipeline).
+pub const CONFIDENCE_TOLERANCE: f32 = 1e-3;
+/// Largest mean |prepared pixel_values - processor pixel_values| accepted per image.
+pub const PIXEL_MEAN_TOLERANCE: f64 = 0.002;
+/// Largest single |prepared pixel_values - processor pixel_values| accepted per image.
+pub const PIXEL_MAX_TOLERANCE: f64 = 0.02;
+
+/// How closely one export followed the Hugging Face pipeline over all reference images.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Parity {
+    /// Largest |confidence - reference confidence|.
+    pub confidence: f32,
+    /// Largest per-image mean |pixel_values difference|.
+    pub pixel_mean: f64,
+    /// Largest single |pixel_values difference|.
+    pub pixel_max: f64,
+}
+
+/// Exports `checkpoint` with `extra` flags, runs every reference image of `model` through
+/// `kiln run --json`, and checks top-1 and confidence against the pipeline's answers, and the runtime's
+/// prepared image (normalized as the graph does) against the processor's `pixel_values`.
+pub fn check_parity(model: &str, checkpoint: &Path, extra: &[&str]) -> anyhow::Result<Parity> {
+    let reference = Reference::load(model)?;
+    let (_base, version_dir) = export(checkpoint, extra)?;
+    let images: Vec<String> = reference.images.iter().map(|r| r.image.clone()).collect();
+    let lines = run_json(&version_dir, &images)?;
+    let mut parity = Parity::default();
+    for (expected, got) in reference.images.iter().zip(&lines) {
+        let label =
+            got["label"].as_str().with_context(|| format!("{}: no label in {got}", expected.image))?;
+        let confidence = got["confidence"].as_f64().context("no confidence")? as f32;
+        anyhow::ensure!(
+            label == expected.label,
+            "{model} {}: label {label:?}, reference {:?}",
+            expected.image,
+            expected.label
+        );
+        let diff = (confidence - expected.confidence).abs();
+        anyhow::ensure!(
+            diff <= CONFIDENCE_TOLERANCE,
+            "{model} {}: confidence {confidence}, reference {} (|diff| {diff})",
+            expected.image,
+            expected.confidence
+        );
+        parity.confidence = parity.confidence.max(diff);
+    }
+    let model_dir = runtime::Model::load(&version_dir)?;
+    for expected in &reference.images {
+        let (mean, max) = pixel_diff(&model_dir, expected)?;
+        anyhow::ensure!(
+            mean <= PIXEL_MEAN_TOLERANCE && max <= PIXEL_MAX_TOLERANCE,
+            "{model} {}: pixel_values mean |diff| {mean:.2e}, max {max:.2e}",
+            expected.image
+        );
+        parity.pixel_mean = parity.pixel_mean.max(mean);
+        parity.pixel_max = parity.pixel_max.max(max);
+    }
+    eprintln!(
+        "{model} {}: max |confidence diff| {:.2e}, pixel_values mean {:.2e} max {:.2e}",
+        checkpoint.display(),
+        parity.confidence,
+        parity.pixel_mean,
+        parity.pixel_max
+    );
+    Ok(parity)
+}
+
+/// Mean and max |difference| between the runtime's prepared image, normalized with the artifact's
+/// `scale`/`offset` (as its graph does), and the processor's `pixel_values` for one reference image.
+fn pixel_diff(model: &runtime::Model, expected: &ReferenceImage) -> anyhow::Result<(f64, f64)> {
+    let bytes = std::fs::read(fixture(&expected.image))?;
+    let prepared = model.prepare(&bytes).with_context(|| format!("preparing {}", expected.image))?;
+    let reference: Vec<f32> = std::fs::read(fixture(&expected.pixel_values.file))?
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let spec = &model.manifest().preprocess;
+    let plane = (prepared.width() * prepared.height()) as usize;
+    anyhow::ensure!(
+        reference.len() == 3 * plane,
+        "{}: reference pixel_values hold {} values, the prepared image {}x{}x3",
+        expected.image,
+        reference.len(),
+        prepared.height(),
+        prepared.width()
+    );
+    let (mut total, mut max) = (0f64, 0f64);
+    for (index, &sample) in prepared.pixels().iter().enumerate() {
+        let (pixel, channel) = (index / 3, index % 3);
+        let value = f64::from(sample) * f64::from(spec.scale[channel]) + f64::from(spec.offset[channel]);
+        let diff = (value - f64::from(reference[channel * plane + pixel])).abs();
+        total += diff;
+        max = max.max(diff);
+    }
+    Ok((total / reference.len() as f64, max))
+}
+
+/// `kiln run --json` on `images` (paths relative to `fixtures/`): one parsed JSON object per image.
+pub fn run_json(version_dir: &Path, images: &[String]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let paths: Vec<String> = images.iter().map(|image| fixture(image).display().to_string()).collect();
+    let mut args = vec!["run", "--json", "--dir", version_dir.to_str().context("utf-8")?, "--image"];
+    args.extend(paths.iter().map(String::as_str));
+    let stdout = kiln_ok(&args)?;
+    let lines: Vec<serde_json::Value> = stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    anyhow::ensure!(lines.len() == images.len(), "{} results for {} images", lines.len(), images.len());
+    Ok(lines)
+}

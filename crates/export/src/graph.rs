@@ -3,11 +3,44 @@
 
 use tract_core::internal::*;
 use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec};
 use tract_core::ops::einsum::EinSum;
-use tract_core::ops::nn::{Reduce, Reducer, Softmax, SoftmaxKind};
+use tract_core::ops::nn::{DataFormat, Reduce, Reducer, Softmax, SoftmaxKind};
 use tract_core::ops::{self, change_axes::wire_rank_broadcast};
 
-use crate::config::Activation;
+use artifact::PreprocessSpec;
+
+use crate::weights::Weights;
+use crate::{ExportError, Precision};
+
+/// The activation functions transformers' `ACT2FN` names that kiln expresses as graph operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: exact, erf-based.
+    Gelu,
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
+    GeluTanh,
+    /// `quick_gelu`: `x * sigmoid(1.702 x)`.
+    QuickGelu,
+    /// `relu`.
+    Relu,
+    /// `silu` / `swish`: `x * sigmoid(x)`.
+    Silu,
+}
+
+impl Activation {
+    /// The activation `ACT2FN[name]` is, if kiln has it.
+    pub fn parse(name: &str) -> Option<Activation> {
+        Some(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "quick_gelu" => Activation::QuickGelu,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            _ => return None,
+        })
+    }
+}
 
 /// Wires nodes into a `TypedModel`, broadcasting ranks for binary operations.
 pub struct GraphWiring {
@@ -28,6 +61,18 @@ impl GraphWiring {
     /// The symbolic batch dimension shared by every input and output.
     pub fn batch(&self) -> TDim {
         self.model.sym("N").to_dim()
+    }
+
+    /// The one step from the runtime's prepared image to what a Hugging Face model takes: `u8[N, H, W, 3]`
+    /// -> `f32[N, 3, H, W]` with `pixel_values[c] = u8 * scale[c] + offset[c]` (rescale, normalization and
+    /// any processor-specific affine folded by the exporter into `spec`).
+    pub fn pixel_values(&mut self, image: OutletId, spec: &PreprocessSpec) -> TractResult<OutletId> {
+        let x = self.op("image.f32", ops::cast::cast(f32::datum_type()), &[image])?;
+        let scale = self.konst("image.scale", tensor1(&spec.scale))?;
+        let x = self.binary("image.scaled", ops::math::mul(), x, scale)?;
+        let offset = self.konst("image.offset", tensor1(&spec.offset))?;
+        let x = self.binary("image.normalized", ops::math::add(), x, offset)?;
+        self.op("pixel_values", AxisOp::Move(3, 1), &[x])
     }
 
     pub fn konst(&mut self, name: &str, tensor: Tensor) -> TractResult<OutletId> {
@@ -200,6 +245,99 @@ impl GraphWiring {
         self.op(name, AxisOp::Rm(axis), &[kept])
     }
 
+    /// `x @ weight^T + bias` in `precision`: [`GraphWiring::linear`] or [`GraphWiring::linear_int8`].
+    pub fn linear_in(
+        &mut self,
+        precision: Precision,
+        name: &str,
+        x: OutletId,
+        weight: Tensor,
+        bias: Option<Tensor>,
+    ) -> TractResult<OutletId> {
+        match precision {
+            Precision::F32 => self.linear(name, x, weight, bias),
+            Precision::Int8 => self.linear_int8(name, x, &weight, bias),
+        }
+    }
+
+    /// `conv` applied to `x`, whose axes are laid out as `format` (`NCHW` as PyTorch, or `NHWC`).
+    pub fn conv2d(
+        &mut self,
+        name: &str,
+        x: OutletId,
+        format: DataFormat,
+        conv: Conv2d,
+    ) -> TractResult<OutletId> {
+        let &[outputs, group_inputs, kh, kw] = conv.kernel.shape() else {
+            bail!(
+                "{name}: a convolution kernel is [out, in / groups, h, w], found {:?}",
+                conv.kernel.shape()
+            );
+        };
+        let [ph, pw] = conv.padding;
+        let pool_spec = PoolSpec {
+            data_format: format,
+            kernel_shape: tvec![kh, kw],
+            padding: PaddingSpec::Explicit(tvec![ph, pw], tvec![ph, pw]),
+            dilations: None,
+            strides: Some(tvec![conv.stride[0], conv.stride[1]]),
+            input_channels: group_inputs * conv.groups,
+            output_channels: outputs,
+        };
+        let op = Conv { pool_spec, kernel_fmt: KernelFormat::OIHW, group: conv.groups, q_params: None };
+        let bias = match conv.bias {
+            Some(bias) => bias,
+            None => Tensor::zero::<f32>(&[outputs])?,
+        };
+        let kernel = self.konst(&format!("{name}.kernel"), conv.kernel)?;
+        let bias = self.konst(&format!("{name}.bias"), bias)?;
+        self.op(name, op, &[x, kernel, bias])
+    }
+
+    /// Max pooling of `x` (laid out as `format`) over `window`; padding is never the maximum, as in
+    /// `nn.MaxPool2d`.
+    pub fn max_pool2d(
+        &mut self,
+        name: &str,
+        x: OutletId,
+        format: DataFormat,
+        window: PoolWindow,
+    ) -> TractResult<OutletId> {
+        let shape = self.model.outlet_fact(x)?.shape.to_tvec();
+        let channels = format.shape(shape)?.c().to_usize()?;
+        let pool_spec = PoolSpec {
+            data_format: format,
+            kernel_shape: tvec![window.size; 2],
+            padding: PaddingSpec::Explicit(tvec![window.padding; 2], tvec![window.padding; 2]),
+            dilations: None,
+            strides: Some(tvec![window.stride; 2]),
+            input_channels: channels,
+            output_channels: channels,
+        };
+        self.op(name, MaxPool { pool_spec, with_index_outputs: None }, &[x])
+    }
+
+    /// The mean of `x` (laid out as `format`) over its spatial axes, which are dropped: `[N, C]`.
+    pub fn global_average_pool(
+        &mut self,
+        name: &str,
+        x: OutletId,
+        format: DataFormat,
+    ) -> TractResult<OutletId> {
+        let shape = format.shape(self.model.outlet_fact(x)?.shape.to_tvec())?;
+        let first = shape.h_axis();
+        let spatial = shape.hw_dims().to_vec();
+        let count = spatial.iter().product::<TDim>().to_i64()? as f32;
+        let axes: TVec<usize> = (first..first + spatial.len()).collect();
+        let sum = self.op(&format!("{name}.sum"), Reduce { axes, reducer: Reducer::Sum }, &[x])?;
+        let mut pooled = self.binary_scalar(&format!("{name}.mean"), ops::math::div(), sum, count)?;
+        // One squeeze per axis: NNEF cannot read back a reshape to no dimensions.
+        for axis in (first + 1..first + spatial.len()).rev() {
+            pooled = self.op(&format!("{name}.squeeze{axis}"), AxisOp::Rm(axis), &[pooled])?;
+        }
+        self.op(name, AxisOp::Rm(first), &[pooled])
+    }
+
     /// Appends the classification head: `confidence` (top-1 softmax probability, `f32[N]`), `class_index`
     /// (argmax, `i64[N]`) and `logits` (`f32[N, classes]`), and makes them the model's outputs.
     pub fn classification_outputs(mut self, logits: OutletId) -> TractResult<TypedModel> {
@@ -233,6 +371,120 @@ fn quantize_channels(weight: &Tensor) -> TractResult<(Tensor, Tensor)> {
 /// Concrete dimensions as tract's symbolic `TDim`s, for `AxisOp::Reshape`.
 pub fn dims(values: &[usize]) -> TVec<TDim> {
     values.iter().map(|v| v.to_dim()).collect()
+}
+
+/// A 2-D convolution as PyTorch's `nn.Conv2d` holds it: `kernel` `[out, in / groups, h, w]` and an optional
+/// `bias` `[out]`, with `(height, width)` strides and symmetric zero padding.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    /// `[out, in / groups, h, w]`.
+    pub kernel: Tensor,
+    /// `[out]`, none for `bias=False`.
+    pub bias: Option<Tensor>,
+    /// Step along height and width.
+    pub stride: [usize; 2],
+    /// Zeros added before and after along height and width.
+    pub padding: [usize; 2],
+    /// Channel groups: `in` for a depthwise convolution.
+    pub groups: usize,
+}
+
+impl Conv2d {
+    /// A convolution with stride 1, no padding, one group: `nn.Conv2d`'s defaults.
+    pub fn new(kernel: Tensor, bias: Option<Tensor>) -> Conv2d {
+        Conv2d { kernel, bias, stride: [1, 1], padding: [0, 0], groups: 1 }
+    }
+
+    /// With `stride` along `(height, width)`.
+    pub fn stride(self, stride: [usize; 2]) -> Conv2d {
+        Conv2d { stride, ..self }
+    }
+
+    /// With `padding` zeros on both sides along `(height, width)`.
+    pub fn padding(self, padding: [usize; 2]) -> Conv2d {
+        Conv2d { padding, ..self }
+    }
+
+    /// With `groups` channel groups.
+    pub fn groups(self, groups: usize) -> Conv2d {
+        Conv2d { groups, ..self }
+    }
+
+    /// This convolution followed by `norm`, as one convolution: per output channel
+    /// `s = gamma / sqrt(var + eps)`, `kernel * s` and `(bias - mean) * s + beta`, computed in f64 and
+    /// rounded once, so the folded layer is as exact as f32 allows.
+    pub fn fold_batch_norm(self, norm: &BatchNorm) -> TractResult<Conv2d> {
+        let outputs = self.kernel.shape()[0];
+        let channels = [&norm.weight, &norm.bias, &norm.running_mean, &norm.running_var].map(|v| v.len());
+        ensure!(
+            outputs > 0 && channels.iter().all(|c| *c == outputs),
+            "batch norm with {channels:?} channels after a convolution with {outputs} outputs"
+        );
+        let mut kernel: Vec<f32> = self.kernel.to_plain_array_view::<f32>()?.iter().copied().collect();
+        let bias: Vec<f32> = match &self.bias {
+            Some(bias) => bias.to_plain_array_view::<f32>()?.iter().copied().collect(),
+            None => vec![0.0; outputs],
+        };
+        let per_output = kernel.len() / outputs;
+        ensure!(per_output > 0, "an empty convolution kernel {:?}", self.kernel.shape());
+        let mut folded_bias = Vec::with_capacity(outputs);
+        for (o, weights) in kernel.chunks_exact_mut(per_output).enumerate() {
+            let scale = norm.weight[o] as f64 / (norm.running_var[o] as f64 + norm.eps).sqrt();
+            weights.iter_mut().for_each(|w| *w = (*w as f64 * scale) as f32);
+            let shift = (bias[o] as f64 - norm.running_mean[o] as f64) * scale + norm.bias[o] as f64;
+            folded_bias.push(shift as f32);
+        }
+        Ok(Conv2d {
+            kernel: Tensor::from_shape(self.kernel.shape(), &kernel)?,
+            bias: Some(Tensor::from_shape(&[outputs], &folded_bias)?),
+            ..self
+        })
+    }
+}
+
+/// Eval-mode batch normalization (`nn.BatchNorm2d` with its running statistics), per channel.
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    /// `gamma`.
+    pub weight: Vec<f32>,
+    /// `beta`.
+    pub bias: Vec<f32>,
+    /// The mean subtracted.
+    pub running_mean: Vec<f32>,
+    /// The variance divided by (its square root, with `eps`).
+    pub running_var: Vec<f32>,
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+impl BatchNorm {
+    /// `{prefix}.weight`, `.bias`, `.running_mean` and `.running_var`, each `[channels]`.
+    pub fn read(
+        weights: &Weights,
+        prefix: &str,
+        channels: usize,
+        eps: f64,
+    ) -> Result<BatchNorm, ExportError> {
+        let read = |name: &str| weights.values(&format!("{prefix}.{name}"), &[channels]);
+        Ok(BatchNorm {
+            weight: read("weight")?,
+            bias: read("bias")?,
+            running_mean: read("running_mean")?,
+            running_var: read("running_var")?,
+            eps,
+        })
+    }
+}
+
+/// A square pooling window: `size` x `size`, moved by `stride`, with `padding` on every side.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolWindow {
+    /// Side in pixels.
+    pub size: usize,
+    /// Step in pixels.
+    pub stride: usize,
+    /// Padding on each side, in pixels.
+    pub padding: usize,
 }
 
 #[cfg(test)]

@@ -1,20 +1,21 @@
 //! The export pipeline: checkpoint -> fused graph -> artifact in a hidden directory -> self-check with the
 //! runtime against the unfused source graph -> atomic publish.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use artifact::{
-    ArtifactWriter, FORMAT_VERSION, GraphSpec, Manifest, PreprocessSpec, Provenance, ResizeMode, Signature,
-    SourceFile,
+    ArtifactWriter, FORMAT_VERSION, GraphSpec, MANIFEST_DIGEST_FILE, MANIFEST_FILE, Manifest, PreprocessSpec,
+    Provenance, Publication, ResizeMode, Signature, SourceFile,
 };
-use runtime::{Model, RuntimeOptions};
+use runtime::{Model, PreparedImage, RuntimeOptions};
 use sha2::{Digest, Sha256};
+use tract_core::model::translator::Translate;
 use tract_core::prelude::*;
 
-use crate::{CLASS_OUTPUT, CONFIDENCE_OUTPUT, ExportError, Precision, Source, VitInput};
+use crate::{CLASS_OUTPUT, CONFIDENCE_OUTPUT, ExportError, GraphInput, Precision, Source};
 
 /// File name of the graph inside a version directory.
 pub const GRAPH_FILE: &str = "graph.nnef.tar";
@@ -56,18 +57,35 @@ pub struct ExportRequest {
     pub resize: ResizeMode,
     /// Arithmetic of the encoder's linear layers.
     pub precision: Precision,
-    /// Images (JPEG/PNG files) a lower-precision export is also compared with f32 on, reported by name
+    /// Image files a lower-precision export is also compared with f32 on, reported by name
     /// in the accuracy report; f32 exports ignore them.
     pub accuracy_images: Vec<PathBuf>,
+}
+
+/// How an export is stamped and published, beyond what it builds.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// `provenance.created_unix`; `None` takes the current time. With a fixed value two exports of the
+    /// same inputs are byte-identical (`kiln export` passes `SOURCE_DATE_EPOCH`).
+    pub created_unix: Option<u64>,
+    /// Publish nothing when the newest version under the base already has this export's content digest
+    /// (the report then names that version, with `published` false).
+    pub if_changed: bool,
 }
 
 /// What an export produced and how long each stage took.
 #[derive(Debug, Clone)]
 pub struct ExportReport {
-    /// The published version directory.
+    /// The published version directory, or the existing one an unchanged export matched.
     pub version_dir: PathBuf,
-    /// The published version number.
+    /// Its version number.
     pub version: u64,
+    /// The content digest of what the export built (`artifact::Artifact::content_digest`).
+    pub content_digest: String,
+    /// False when [`PublishOptions::if_changed`] found the newest version already holding this content.
+    pub published: bool,
+    /// Size in bytes of every file of the version directory, the manifest and its digest included.
+    pub files: BTreeMap<String, u64>,
     /// Largest |confidence difference| between artifact and source graph over the samples.
     pub max_confidence_diff: f32,
     /// Samples compared in the self-check.
@@ -78,8 +96,19 @@ pub struct ExportReport {
     pub stages: Vec<(&'static str, f64)>,
 }
 
-/// Exports `request.checkpoint`, calling `progress` at the start of each stage.
+/// Exports `request.checkpoint` with the current time and always publishing, calling `progress` at the
+/// start of each stage.
 pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result<ExportReport, ExportError> {
+    export_with(request, &PublishOptions::default(), progress)
+}
+
+/// Exports `request.checkpoint`, stamped and published as `options` say, calling `progress` at the start
+/// of each stage.
+pub fn export_with(
+    request: &ExportRequest,
+    options: &PublishOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ExportReport, ExportError> {
     let mut stages = vec![];
     let mut stage =
         |name: &'static str, started: Instant| stages.push((name, started.elapsed().as_secs_f64()));
@@ -92,7 +121,7 @@ pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result
         .config
         .labels()
         .map_err(|reason| ExportError::InvalidConfig { path: source.config_file.clone(), reason })?;
-    let fused = source.graph_in(&spec, VitInput::Pixels, request.precision)?;
+    let fused = source.graph_in(&spec, GraphInput::Pixels, request.precision)?;
     stage("build graph", started);
 
     let started = Instant::now();
@@ -104,20 +133,20 @@ pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result
     let graph_path = writer.file_path(GRAPH_FILE)?;
     write_graph(&fused, &graph_path)?;
     drop(fused);
-    let side = source.config.image_size;
-    let samples = sample_images(side as usize);
+    let (height, width) = source.input_size(&spec)?;
+    let samples = sample_images(height as usize, width as usize);
     let mut warmup = vec![];
     for (i, pixels) in samples.iter().enumerate() {
         let name = format!("warmup/{i}.png");
-        writer.write_file(&name, &png(pixels, side)?)?;
+        writer.write_file(&name, &png(pixels, height, width)?)?;
         warmup.push(name);
     }
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         graph: GraphSpec {
             file: GRAPH_FILE.into(),
-            height: side,
-            width: side,
+            height,
+            width,
             confidence_output: CONFIDENCE_OUTPUT.into(),
             class_output: CLASS_OUTPUT.into(),
             precision: request.precision.name().into(),
@@ -125,7 +154,7 @@ pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result
         signatures: BTreeMap::from([("serving_default".to_owned(), Signature::serving_default())]),
         labels,
         preprocess: spec.clone(),
-        provenance: provenance(&source)?,
+        provenance: provenance(&source, options.created_unix)?,
         warmup,
         files: BTreeMap::new(),
     };
@@ -134,9 +163,7 @@ pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result
     let started = Instant::now();
     progress("checking the artifact against the source model");
     let (max_confidence_diff, accuracy) = match request.precision {
-        Precision::F32 => {
-            (self_check(&source, &spec, &manifest, writer.temp_dir(), &graph_path, &samples)?, None)
-        }
+        Precision::F32 => (self_check(&source, &spec, &manifest, writer.temp_dir(), &graph_path)?, None),
         precision => {
             let model = Model::compile(
                 writer.temp_dir().to_owned(),
@@ -166,14 +193,23 @@ pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result
     stage("self-check", started);
 
     let started = Instant::now();
-    progress("publishing");
-    let published = writer.publish(manifest)?;
+    progress(if options.if_changed {
+        "publishing unless the newest version is the same"
+    } else {
+        "publishing"
+    });
+    let publication =
+        if options.if_changed { writer.publish_if_changed(manifest)? } else { writer.publish(manifest)? };
     stage("publish", started);
+    let Publication { dir, manifest, content_digest, published } = publication;
     Ok(ExportReport {
-        version_dir: published.path().to_owned(),
-        version: published.version(),
+        files: file_sizes(dir.path(), &manifest)?,
+        version_dir: dir.path().to_owned(),
+        version: dir.version(),
+        content_digest,
+        published,
         max_confidence_diff,
-        samples: samples.len(),
+        samples: SAMPLES,
         accuracy,
         stages,
     })
@@ -217,11 +253,11 @@ fn accuracy_report(
 ) -> Result<AccuracyReport, ExportError> {
     let failed = |reason: String| ExportError::SelfCheck(reason);
     let (reference, logits_slot) =
-        compile_for_logits(source.graph_in(spec, VitInput::Pixels, Precision::F32)?, "the f32 graph")?;
-    let side = model.manifest().graph.width;
+        compile_for_logits(source.graph_in(spec, GraphInput::Pixels, Precision::F32)?, "the f32 graph")?;
+    let (height, width) = (model.manifest().graph.height, model.manifest().graph.width);
     let mut synthetic = vec![];
-    for pixels in sample_images_n(side as usize, ACCURACY_SAMPLES) {
-        synthetic.push(png(&pixels, side)?);
+    for pixels in sample_images_n(height as usize, width as usize, ACCURACY_SAMPLES) {
+        synthetic.push(png(&pixels, height, width)?);
     }
     let mut given = vec![];
     for path in images {
@@ -239,7 +275,7 @@ fn accuracy_report(
         let predictions = model.infer(&prepared).map_err(|e| failed(e.to_string()))?;
         let (mut agree, mut max_delta, mut min_margin) = (0usize, 0f32, None::<f32>);
         for (image, prediction) in prepared.iter().zip(&predictions) {
-            let input = Tensor::from_shape(&[1, side as usize, side as usize, 3], image.pixels())
+            let input = Tensor::from_shape(&[1, height as usize, width as usize, 3], image.pixels())
                 .map_err(|e| failed(format!("{e:#}")))?;
             let outputs = reference.run(tvec!(input.into_tvalue())).map_err(|e| failed(format!("{e:#}")))?;
             let logits: Vec<f32> = outputs[logits_slot]
@@ -283,8 +319,12 @@ fn compile_for_logits(
         .ok()
         .and_then(|outputs| outputs.iter().position(|o| graph.node(o.node).name == crate::LOGITS_OUTPUT))
         .ok_or_else(|| failed(format!("{what} has no logits output")))?;
-    let plan = graph
-        .into_optimized()
+    // One image per run, as the runtime plans an artifact: with the batch symbolic, tract 0.23.9 fails to
+    // declutter a strided 1x1 convolution after another 1x1 convolution (ResNet's downsample_in_bottleneck).
+    let one_image = HashMap::from([(graph.symbols.sym("N"), TDim::Val(1))]);
+    let plan = one_image
+        .translate_model(&graph)
+        .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
         .map_err(|e| failed(format!("{what} does not compile: {e:#}")))?;
     Ok((plan, logits_slot))
@@ -299,22 +339,42 @@ fn top_two(probabilities: &[f32]) -> (usize, f32, f32) {
     (top, probabilities[top], margin)
 }
 
+/// Size in bytes of each file of a version directory: those `manifest` lists, the manifest and its digest.
+fn file_sizes(dir: &Path, manifest: &Manifest) -> Result<BTreeMap<String, u64>, ExportError> {
+    let names = manifest.files.keys().map(String::as_str).chain([MANIFEST_FILE, MANIFEST_DIGEST_FILE]);
+    names
+        .map(|name| {
+            let path = dir.join(name);
+            let bytes = std::fs::metadata(&path).map_err(|source| ExportError::Io { path, source })?.len();
+            Ok((name.to_owned(), bytes))
+        })
+        .collect()
+}
+
 fn write_graph(model: &TypedModel, path: &Path) -> Result<(), ExportError> {
     let io = |source| ExportError::Io { path: path.to_owned(), source };
     let file = std::fs::File::create(path).map_err(io)?;
     // The typed graph is written before decluttering: decluttering fuses erf-GELU into GeluExact, which
     // tract-nnef 0.23.9 cannot serialize. The runtime declutters and optimizes at load time.
-    let writer = runtime::nnef().write_to_tar(model, BufWriter::new(file)).map_err(|e| {
-        match e.downcast::<std::io::Error>() {
-            // A full disk or a file size limit: name the file, not only the tensor being appended.
-            Ok(source) => io(source),
-            Err(e) => ExportError::Graph(format!("serializing to NNEF: {e:#}")),
-        }
-    })?;
+    // Deterministic, so the same graph is the same bytes: every tar entry has mtime 1980-01-01, mode 0644
+    // and owner 0/0, in a fixed order (graph.nnef, graph.quant, tensors by name). tract would write a
+    // nested model (none in kiln's graphs) with the current time whatever this says.
+    let (compress_nested_models, deterministic) = (false, true);
+    let writer = BufWriter::new(file);
+    let nnef = runtime::nnef();
+    let writer =
+        nnef.write_to_tar_with_config(model, writer, compress_nested_models, deterministic).map_err(|e| {
+            match e.downcast::<std::io::Error>() {
+                // A full disk or a file size limit: name the file, not only the tensor being appended.
+                Ok(source) => io(source),
+                Err(e) => ExportError::Graph(format!("serializing to NNEF: {e:#}")),
+            }
+        })?;
     writer.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)
 }
 
-fn provenance(source: &Source) -> Result<Provenance, ExportError> {
+/// The provenance of an export of `source`; `created_unix` is the given time, or now.
+fn provenance(source: &Source, created_unix: Option<u64>) -> Result<Provenance, ExportError> {
     let files = [Some(&source.model_file), Some(&source.config_file), source.preprocessor_file.as_ref()];
     let sources = files.into_iter().flatten().map(|p| source_file(p)).collect::<Result<_, _>>()?;
     Ok(Provenance {
@@ -322,7 +382,9 @@ fn provenance(source: &Source) -> Result<Provenance, ExportError> {
         source_format: source.format.name().into(),
         architecture: source.config.architecture(),
         sources,
-        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created_unix: created_unix.unwrap_or_else(|| {
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        }),
     })
 }
 
@@ -345,24 +407,24 @@ fn source_file(path: &Path) -> Result<SourceFile, ExportError> {
     Ok(SourceFile { path: name, sha256, bytes })
 }
 
-/// The warm-up samples: deterministic `side x side` RGB images, HWC `u8`.
-fn sample_images(side: usize) -> Vec<Vec<u8>> {
-    sample_images_n(side, SAMPLES)
+/// The warm-up samples: deterministic `height x width` RGB images, HWC `u8`.
+fn sample_images(height: usize, width: usize) -> Vec<Vec<u8>> {
+    sample_images_n(height, width, SAMPLES)
 }
 
-/// `count` deterministic `side x side` RGB images (gradients and a pseudo-random texture), HWC `u8`.
-fn sample_images_n(side: usize, count: usize) -> Vec<Vec<u8>> {
+/// `count` deterministic `height x width` RGB images (gradients and a pseudo-random texture), HWC `u8`.
+fn sample_images_n(height: usize, width: usize, count: usize) -> Vec<Vec<u8>> {
     (0..count)
         .map(|sample| {
             let mut state = 0x9e37_79b9_u32.wrapping_mul(sample as u32 + 1);
-            (0..side * side * 3)
+            (0..height * width * 3)
                 .map(|i| {
-                    let (y, x, c) = (i / (side * 3), (i / 3) % side, i % 3);
+                    let (y, x, c) = (i / (width * 3), (i / 3) % width, i % 3);
                     state ^= state << 13;
                     state ^= state >> 17;
                     state ^= state << 5;
                     let gradient =
-                        (x * 255 / side.max(1) + y * 97 / side.max(1) + c * 60 + sample * 50) as u32;
+                        (x * 255 / width.max(1) + y * 97 / height.max(1) + c * 60 + sample * 50) as u32;
                     ((gradient + (state % 64)) % 256) as u8
                 })
                 .collect()
@@ -370,44 +432,42 @@ fn sample_images_n(side: usize, count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn png(pixels: &[u8], side: u32) -> Result<Vec<u8>, ExportError> {
+fn png(pixels: &[u8], height: u32, width: u32) -> Result<Vec<u8>, ExportError> {
     use image::ImageEncoder;
     let mut bytes = vec![];
     image::codecs::png::PngEncoder::new(&mut bytes)
-        .write_image(pixels, side, side, image::ExtendedColorType::Rgb8)
+        .write_image(pixels, width, height, image::ExtendedColorType::Rgb8)
         .map_err(|e| ExportError::Graph(format!("encoding a warm-up image: {e}")))?;
     Ok(bytes)
 }
 
 /// Runs the unpublished artifact through the runtime on the warm-up images and compares it with the
-/// unfused source graph fed `pixel_values` normalized here; returns the largest |confidence difference|.
+/// unfused source graph fed the same prepared images as `pixel_values` normalized here; returns the
+/// largest |confidence difference|.
 fn self_check(
     source: &Source,
     spec: &PreprocessSpec,
     manifest: &Manifest,
     dir: &Path,
     graph_path: &Path,
-    samples: &[Vec<u8>],
 ) -> Result<f32, ExportError> {
     let failed = |reason: String| ExportError::SelfCheck(reason);
     let model = Model::compile(dir.to_owned(), manifest.clone(), graph_path, RuntimeOptions::default())
         .map_err(|e| failed(format!("the runtime cannot load the new artifact: {e}")))?;
-    let mut inputs = vec![];
+    let mut prepared = vec![];
     for name in &manifest.warmup {
         let path = dir.join(name);
-        inputs.push(std::fs::read(&path).map_err(|source| ExportError::Io { path, source })?);
+        let bytes = std::fs::read(&path).map_err(|source| ExportError::Io { path, source })?;
+        prepared.push(model.prepare(&bytes).map_err(|e| failed(format!("{name}: {e}")))?);
     }
-    let inputs: Vec<&[u8]> = inputs.iter().map(|i| i.as_slice()).collect();
-    let predictions = model.predict(&inputs).map_err(|e| failed(e.to_string()))?;
+    let predictions = model.infer(&prepared).map_err(|e| failed(e.to_string()))?;
 
-    let side = manifest.graph.width as usize;
     let (reference, logits_slot) =
-        compile_for_logits(source.graph(spec, VitInput::PixelValues)?, "the source graph")?;
+        compile_for_logits(source.graph(spec, GraphInput::PixelValues)?, "the source graph")?;
     let mut max_diff = 0f32;
-    for (i, (pixels, prediction)) in samples.iter().zip(predictions).enumerate() {
-        let prediction = prediction.map_err(|e| failed(format!("sample {i}: {e}")))?;
-        let logits = run_reference(&reference, logits_slot, pixels, side, spec)
-            .map_err(|e| failed(format!("{e:#}")))?;
+    for (i, (image, prediction)) in prepared.iter().zip(predictions).enumerate() {
+        let logits =
+            run_reference(&reference, logits_slot, image, spec).map_err(|e| failed(format!("{e:#}")))?;
         let probabilities = softmax(&logits);
         let (top, _, margin) = top_two(&probabilities);
         let diff = (prediction.confidence - probabilities[top]).abs();
@@ -422,19 +482,21 @@ fn self_check(
     Ok(max_diff)
 }
 
+/// The source graph's logits for one prepared image, normalized to `pixel_values` on the CPU.
 fn run_reference(
     plan: &Arc<TypedRunnableModel>,
     logits_slot: usize,
-    pixels: &[u8],
-    side: usize,
+    image: &PreparedImage,
     spec: &PreprocessSpec,
 ) -> TractResult<Vec<f32>> {
-    let mut chw = vec![0f32; 3 * side * side];
-    for (i, value) in pixels.iter().enumerate() {
+    let (height, width) = (image.height() as usize, image.width() as usize);
+    let plane = height * width;
+    let mut chw = vec![0f32; 3 * plane];
+    for (i, value) in image.pixels().iter().enumerate() {
         let c = i % 3;
-        chw[c * side * side + i / 3] = (*value as f32 * spec.rescale_factor - spec.mean[c]) / spec.std[c];
+        chw[c * plane + i / 3] = *value as f32 * spec.scale[c] + spec.offset[c];
     }
-    let input = Tensor::from_shape(&[1, 3, side, side], &chw)?;
+    let input = Tensor::from_shape(&[1, 3, height, width], &chw)?;
     let outputs = plan.run(tvec!(input.into_tvalue()))?;
     Ok(outputs[logits_slot].to_plain_array_view::<f32>()?.iter().copied().collect())
 }

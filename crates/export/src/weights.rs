@@ -93,7 +93,14 @@ impl Weights {
 /// The name transformers 5 modules give a parameter that checkpoints (and `save_pretrained`) call `name`:
 /// a raw `torch.save(model.state_dict())` from transformers 5 uses these.
 fn module_name(name: &str) -> String {
-    name.replace("vit.encoder.layer.", "vit.layers.")
+    // ViT, DeiT and BEiT moved their layers out of `encoder` (DINOv2 did not); BEiT moved its bias tables.
+    ["vit", "deit", "beit"]
+        .iter()
+        .fold(name.to_owned(), |n, model| {
+            n.replace(&format!("{model}.encoder.layer."), &format!("{model}.layers."))
+        })
+        .replace("beit.encoder.relative_position_bias.", "beit.shared_position_bias.")
+        .replace(".attention.attention.relative_position_bias.", ".relative_position_bias.")
         .replace(".attention.attention.query.", ".attention.q_proj.")
         .replace(".attention.attention.key.", ".attention.k_proj.")
         .replace(".attention.attention.value.", ".attention.v_proj.")

@@ -1,0 +1,220 @@
+//! The ViT image classifier as a tract graph, built from `config.json` and the checkpoint's weights.
+//!
+//! Mirrors transformers' `ViTForImageClassification` (pre-norm encoder, CLS-token head). Nothing about a
+//! particular size is assumed: every dimension comes from [`VitConfig`].
+
+use std::path::Path;
+
+use serde::Deserialize;
+use tract_core::internal::*;
+
+use super::encoder::{
+    Dimensions, Encoder, FeedForward, LayerNames, PatchEmbedding, QkvBias, require_image_size, token,
+};
+use super::{Architecture, InputSize};
+use crate::config::ModelConfig;
+use crate::graph::{Activation, GraphWiring};
+use crate::weights::Weights;
+use crate::{ExportError, Precision};
+
+/// The architecture hyper-parameters of a ViT (or DeiT: same keys, same defaults) checkpoint; every field
+/// comes from `config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VitConfig {
+    /// Square input side in pixels.
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+    /// Square patch side in pixels.
+    #[serde(default = "default_patch_size")]
+    pub patch_size: usize,
+    /// Input channels; only 3 (RGB) is supported.
+    #[serde(default = "default_num_channels")]
+    pub num_channels: usize,
+    /// Token width.
+    #[serde(default = "default_hidden_size")]
+    pub hidden_size: usize,
+    /// Encoder layers.
+    #[serde(default = "default_layers")]
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    #[serde(default = "default_heads")]
+    pub num_attention_heads: usize,
+    /// MLP width.
+    #[serde(default = "default_intermediate")]
+    pub intermediate_size: usize,
+    /// MLP activation name, as in transformers' `ACT2FN`.
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// Layer-norm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Whether query/key/value projections carry a bias.
+    #[serde(default = "default_true")]
+    pub qkv_bias: bool,
+}
+
+fn default_image_size() -> usize {
+    224
+}
+fn default_patch_size() -> usize {
+    16
+}
+fn default_num_channels() -> usize {
+    3
+}
+fn default_hidden_size() -> usize {
+    768
+}
+fn default_layers() -> usize {
+    12
+}
+fn default_heads() -> usize {
+    12
+}
+fn default_intermediate() -> usize {
+    3072
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_true() -> bool {
+    true
+}
+
+impl VitConfig {
+    /// Checks the config against `input` (which must be `image_size` square: ViT and DeiT do not
+    /// interpolate positions in transformers' pipeline) and returns its activation.
+    pub fn validate(&self, input: InputSize) -> Result<Activation, String> {
+        self.dimensions().validate(input)?;
+        require_image_size(self.image_size, input)?;
+        Activation::parse(&self.hidden_act)
+            .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))
+    }
+
+    fn dimensions(&self) -> Dimensions {
+        Dimensions {
+            channels: self.num_channels,
+            patch: self.patch_size,
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+        }
+    }
+
+    /// Patch tokens.
+    pub fn tokens(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+
+    /// The embedded tokens `[N, special + patches, hidden]` of the checkpoint's `{model}.embeddings`: its
+    /// `special` tokens (`cls_token`, DeiT's `distillation_token`) first, each plus its position embedding,
+    /// then the patches.
+    pub fn embed(
+        &self,
+        g: &mut GraphWiring,
+        weights: &Weights,
+        model: &str,
+        special: &[&str],
+        input: InputSize,
+        pixel_values: OutletId,
+    ) -> TractResult<OutletId> {
+        let d = self.hidden_size;
+        let at = |name: &str| format!("{model}.embeddings.{name}");
+        let patches = PatchEmbedding::read(weights, &at("patch_embeddings.projection"), d, self.patch_size)?;
+        let mut positions =
+            weights.values(&at("position_embeddings"), &[1, special.len() + self.tokens(), d])?;
+        let patch_positions = positions.split_off(special.len() * d);
+        let mut rows = vec![];
+        for (name, position) in special.iter().zip(positions.chunks_exact(d)) {
+            let mut row = weights.values(&at(name), &[1, 1, d])?;
+            row.iter_mut().zip(position).for_each(|(t, p)| *t += p);
+            rows.push(row);
+        }
+        patches.embed(g, pixel_values, input, &rows, Some(&patch_positions))
+    }
+
+    /// The encoder whose layers live under `prefix` (`vit.encoder.layer`, `deit.encoder.layer`).
+    pub fn encoder<'a>(
+        &self,
+        weights: &'a Weights,
+        prefix: &'a str,
+        activation: Activation,
+        precision: Precision,
+    ) -> Encoder<'a> {
+        Encoder {
+            weights,
+            prefix,
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            eps: self.layer_norm_eps as f32,
+            qkv_bias: if self.qkv_bias { QkvBias::All } else { QkvBias::Neither },
+            names: LayerNames::VIT,
+            feed_forward: FeedForward::vit_mlp(self.intermediate_size, activation),
+            precision,
+        }
+    }
+}
+
+/// `ViTForImageClassification` with its weights.
+struct Vit {
+    config: VitConfig,
+    activation: Activation,
+    input: InputSize,
+    classes: usize,
+    weights: Weights,
+}
+
+/// Reads a ViT's hyper-parameters from `config` and checks them against `input`.
+pub fn open(
+    config: &ModelConfig,
+    config_path: &Path,
+    weights: Weights,
+    input: InputSize,
+) -> Result<Box<dyn Architecture>, ExportError> {
+    let vit: VitConfig = config.parse(config_path)?;
+    let activation = vit
+        .validate(input)
+        .map_err(|reason| ExportError::InvalidConfig { path: config_path.to_owned(), reason })?;
+    Ok(Box::new(Vit { config: vit, activation, input, classes: config.id2label.len(), weights }))
+}
+
+impl Architecture for Vit {
+    fn precisions(&self) -> &'static [Precision] {
+        &[Precision::F32, Precision::Int8]
+    }
+
+    fn logits(
+        &self,
+        g: &mut GraphWiring,
+        pixel_values: OutletId,
+        precision: Precision,
+    ) -> TractResult<OutletId> {
+        let (config, weights) = (&self.config, &self.weights);
+        let d = config.hidden_size;
+        let mut x = config.embed(g, weights, "vit", &["cls_token"], self.input, pixel_values)?;
+
+        let encoder = config.encoder(weights, "vit.encoder.layer", self.activation, precision);
+        for layer in 0..config.num_hidden_layers {
+            x = encoder.layer(g, layer, x, None)?;
+        }
+
+        // Layer norm is per token, so normalizing the CLS token alone is exact and skips the rest.
+        let cls = token(g, "head.cls", x, 0)?;
+        let eps = config.layer_norm_eps as f32;
+        let cls = g.layer_norm(
+            "head.ln",
+            cls,
+            weights.get("vit.layernorm.weight", &[d])?,
+            weights.get("vit.layernorm.bias", &[d])?,
+            eps,
+        )?;
+        g.linear(
+            "head.classifier",
+            cls,
+            weights.get("classifier.weight", &[self.classes, d])?,
+            Some(weights.get("classifier.bias", &[self.classes])?),
+        )
+    }
+}

@@ -1,0 +1,24 @@
+//! The arithmetic a graph's heavy layers run in.
+
+/// The arithmetic a graph's linear layers run in; each architecture says which it offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Everything in f32, as the checkpoint.
+    #[default]
+    F32,
+    /// The linear layers (a transformer's attention projections and MLPs, 97 % of ViT-B's multiply-adds;
+    /// ConvNeXt's pointwise layers) take int8 operands: weights quantized per output channel at export,
+    /// activations per token at run time, both symmetric, accumulated in i32. Embeddings, attention
+    /// scores, convolutions, normalization and the classifier stay f32.
+    Int8,
+}
+
+impl Precision {
+    /// The name recorded as the manifest's `graph.precision`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+}

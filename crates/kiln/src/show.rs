@@ -1,5 +1,6 @@
 //! `kiln show`: an artifact's tag-sets and signatures in `saved_model_cli show`'s exact layout, so scripts
-//! written against TensorFlow keep working; `--json` for machines.
+//! written against TensorFlow keep working; `--json` for machines; `--content-digest` for the one sha256
+//! that says which content a version holds.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -29,13 +30,19 @@ pub struct ShowArgs {
     /// Print the manifest (signatures, labels, preprocessing, provenance) as JSON instead.
     #[arg(long)]
     json: bool,
+    /// Print only the content digest: sha256 over everything the version holds except its export time,
+    /// equal for two exports of the same inputs (what `kiln export` prints and `--if-changed` compares).
+    #[arg(long, conflicts_with_all = ["json", "all", "tag_set", "signature_def"])]
+    content_digest: bool,
 }
 
 pub fn run(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let dir = resolve_dir(&args.dir)?;
     let artifact = Artifact::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
     let manifest = artifact.manifest();
-    let text = if args.json {
+    let text = if args.content_digest {
+        format!("{}\n", artifact.content_digest())
+    } else if args.json {
         serde_json::to_string_pretty(manifest)? + "\n"
     } else if args.all {
         show_all(manifest)

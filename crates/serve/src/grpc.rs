@@ -33,6 +33,17 @@ use crate::watcher::ModelSet;
 /// The type URL GetModelMetadata packs the `SignatureDefMap` under.
 const SIGNATURE_DEF_MAP_URL: &str = "type.googleapis.com/tensorflow.serving.SignatureDefMap";
 
+/// GetModelMetadata's one field in TF Serving: the signatures.
+const SIGNATURE_DEF_FIELD: &str = "signature_def";
+
+/// kiln's addition to GetModelMetadata: the served version's content digest (lowercase hex sha256, see the
+/// artifact FORMAT.md), packed as a `google.protobuf.StringValue`. Only sent when asked for, so TF Serving
+/// clients, which ask for `signature_def` alone, see exactly TF Serving's answer.
+const CONTENT_DIGEST_FIELD: &str = "content_digest";
+
+/// The type URL of `google.protobuf.StringValue`, which carries the content digest.
+const STRING_VALUE_URL: &str = "type.googleapis.com/google.protobuf.StringValue";
+
 /// State both services share.
 #[derive(Clone)]
 pub(crate) struct GrpcState {
@@ -163,22 +174,37 @@ impl GrpcState {
                 "GetModelMetadataRequest must specify at least one metadata_field".into(),
             ));
         }
-        if let Some(field) = request.metadata_field.iter().find(|f| *f != "signature_def") {
+        let known = [SIGNATURE_DEF_FIELD, CONTENT_DIGEST_FIELD];
+        if let Some(field) = request.metadata_field.iter().find(|f| !known.contains(&f.as_str())) {
             return Err(ServeError::InvalidArgument(format!("Metadata field {field} is not supported")));
         }
         let servable = self.table.resolve(&name, &choice)?;
-        let map = signature::signature_def_map(servable.model.manifest());
-        let any = prost_types::Any {
-            type_url: SIGNATURE_DEF_MAP_URL.into(),
-            value: prost::Message::encode_to_vec(&map),
-        };
+        let metadata = request
+            .metadata_field
+            .into_iter()
+            .map(|field| {
+                let any = if field == CONTENT_DIGEST_FIELD {
+                    prost_types::Any {
+                        type_url: STRING_VALUE_URL.into(),
+                        value: prost::Message::encode_to_vec(&servable.content_digest),
+                    }
+                } else {
+                    let map = signature::signature_def_map(servable.model.manifest());
+                    prost_types::Any {
+                        type_url: SIGNATURE_DEF_MAP_URL.into(),
+                        value: prost::Message::encode_to_vec(&map),
+                    }
+                };
+                (field, any)
+            })
+            .collect();
         Ok(GetModelMetadataResponse {
             model_spec: Some(ModelSpec {
                 name,
                 signature_name: String::new(),
                 version_choice: Some(model_spec::VersionChoice::Version(servable.version as i64)),
             }),
-            metadata: HashMap::from([("signature_def".to_owned(), any)]),
+            metadata,
         })
     }
 

@@ -604,15 +604,18 @@ struct SignatureDefMapJson {
     signature_def: BTreeMap<String, signature::json::SignatureJson>,
 }
 
+/// TF Serving's metadata map, plus kiln's `content_digest` (the gRPC metadata field of the same name):
+/// clients read `metadata.signature_def` and are unaffected by one more key.
 #[derive(Serialize)]
-struct MetadataJson {
+struct MetadataJson<'s> {
     signature_def: SignatureDefMapJson,
+    content_digest: &'s str,
 }
 
 #[derive(Serialize)]
-struct ModelMetadataJson {
+struct ModelMetadataJson<'s> {
     model_spec: ModelSpecJson,
-    metadata: MetadataJson,
+    metadata: MetadataJson<'s>,
 }
 
 fn metadata(table: &ModelTable, name: &str, choice: &VersionChoice) -> Result<String, ServeError> {
@@ -627,6 +630,7 @@ fn metadata(table: &ModelTable, name: &str, choice: &VersionChoice) -> Result<St
             signature_def: SignatureDefMapJson {
                 signature_def: signature::json::signature_defs(servable.model.manifest()),
             },
+            content_digest: &servable.content_digest,
         },
     };
     Ok(pretty(&json, b"    "))
@@ -687,15 +691,18 @@ mod tests {
     /// A manifest with one `serving_default` signature taking `string_input`, for the body parser.
     fn string_input_manifest() -> Result<Manifest, serde_json::Error> {
         serde_json::from_value(serde_json::json!({
-            "format_version": 1,
+            "format_version": 3,
             "graph": {"file": "g.tar", "height": 4, "width": 4, "confidence_output": "c",
                       "class_output": "i", "precision": "f32"},
             "signatures": {"serving_default": {"method_name": "tensorflow/serving/predict",
                 "inputs": {"string_input": {"dtype": "DT_STRING", "shape": [-1], "name": "s:0"}},
                 "outputs": {"label": {"dtype": "DT_STRING", "shape": [-1], "name": "l:0"}}}},
             "labels": ["a"],
-            "preprocess": {"resize": "pil", "resample": "bilinear", "rescale_factor": 1.0,
-                           "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+            "preprocess": {"processor": "ViTImageProcessor", "decoder": "pillow", "exif_orientation": true,
+                           "resize": "pil", "resample": "bilinear", "size": {"height": 4, "width": 4},
+                           "crop": null, "channel_order": "rgb", "transparency_to_white": false,
+                           "scale": [1.0, 1.0, 1.0],
+                           "offset": [0.0, 0.0, 0.0]},
             "provenance": {"exporter": "t", "source_format": "safetensors", "architecture": "t",
                            "sources": [], "created_unix": 0},
             "warmup": [],

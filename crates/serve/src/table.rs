@@ -70,12 +70,20 @@ pub(crate) struct ServableModel {
     pub(crate) name: String,
     pub(crate) version: u64,
     pub(crate) model: Arc<Model>,
+    /// The artifact's content digest as verified at load, so a deployment can say which content it runs.
+    pub(crate) content_digest: String,
     queue: BatchQueue,
 }
 
 impl ServableModel {
-    pub(crate) fn new(name: String, version: u64, model: Arc<Model>, queue: BatchQueue) -> Self {
-        ServableModel { name, version, model, queue }
+    pub(crate) fn new(
+        name: String,
+        version: u64,
+        model: Arc<Model>,
+        content_digest: String,
+        queue: BatchQueue,
+    ) -> Self {
+        ServableModel { name, version, model, content_digest, queue }
     }
 
     /// Most instances one request may carry; larger requests are refused.

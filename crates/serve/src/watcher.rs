@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use artifact::Manifest;
+use artifact::{Artifact, Manifest};
 use runtime::{Model, RuntimeError, RuntimeOptions};
 
 use crate::batch::{BatchOptions, BatchQueue, QueueLabels};
@@ -303,8 +303,15 @@ impl Watch {
                 self.context.metrics.observe_load(&name, &path, true, started.elapsed());
                 self.failed.remove(&version);
                 self.verified.insert(version, VerifiedFiles::after_load(&servable.model, load_started));
+                let content_digest = servable.content_digest.clone();
                 table.publish(servable);
-                tracing::info!(model = %name, version, seconds = started.elapsed().as_secs_f64(), "version AVAILABLE");
+                tracing::info!(
+                    model = %name,
+                    version,
+                    content_digest,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "version AVAILABLE"
+                );
             }
             Err((code, message)) => {
                 self.context.metrics.observe_load(&name, &path, false, started.elapsed());
@@ -392,7 +399,7 @@ impl Watch {
     }
 
     fn load_servable(&self, version: u64, dir: &Path) -> Result<Arc<ServableModel>, (tonic::Code, String)> {
-        let model = Model::load_with(dir, self.context.runtime.clone()).map_err(|error| {
+        let load_error = |error: RuntimeError| {
             let code = match &error {
                 RuntimeError::Artifact(
                     artifact::ArtifactError::DigestMismatch { .. }
@@ -405,7 +412,14 @@ impl Watch {
                 _ => tonic::Code::Unknown,
             };
             (code, format!("{error:#}"))
-        })?;
+        };
+        // Opened here, not by `Model::load_with`, to keep the content digest the verification computes.
+        let artifact = Artifact::open(dir).map_err(|e| load_error(RuntimeError::Artifact(e)))?;
+        let content_digest = artifact.content_digest().to_owned();
+        let graph = artifact.graph_path();
+        let model =
+            Model::compile(dir.to_owned(), artifact.into_manifest(), &graph, self.context.runtime.clone())
+                .map_err(load_error)?;
         if self.context.warmup {
             self.warm_up(&model)?;
         }
@@ -418,7 +432,7 @@ impl Watch {
             self.context.metrics.clone(),
         )
         .map_err(|e| (tonic::Code::Internal, format!("cannot start the batch thread: {e}")))?;
-        Ok(Arc::new(ServableModel::new(self.config.name.clone(), version, model, queue)))
+        Ok(Arc::new(ServableModel::new(self.config.name.clone(), version, model, content_digest, queue)))
     }
 
     /// Runs every warm-up file of the manifest through prepare + infer, as a request would, so the first

@@ -187,7 +187,7 @@ mod tests {
     }
 
     /// The content digest of the sample artifact (`crate::fixture::publish_sample`).
-    const SAMPLE_CONTENT_DIGEST: &str = "32384c0772d88345b4707b3355d5be0ccb55ae51c6f5f6d118b9c8c7cb535765";
+    const SAMPLE_CONTENT_DIGEST: &str = "3e665bc0918f9c3ac60acefa3e9c238d400a2b4ff6bebfe02b9b7c711d57b850";
 
     fn open_err(dir: &Path) -> Result<ArtifactError, Box<dyn std::error::Error>> {
         match Artifact::open(dir) {

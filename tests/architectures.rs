@@ -23,6 +23,20 @@ const ONNX_ONLY: [&str; 7] =
 /// (`int8_gate_refuses_near_ties` below).
 const INT8: [&str; 4] = ["beit", "dinov2", "convnext", "swin"];
 
+/// Exports `checkpoint` (relative to `fixtures/`) with `extra` flags, expecting a refusal that publishes
+/// nothing; returns what kiln printed on stderr.
+fn refused_export(checkpoint: &str, extra: &[&str]) -> anyhow::Result<String> {
+    let checkpoint = fixture(checkpoint);
+    let base = tempfile::tempdir()?;
+    let mut args = vec!["export", "--checkpoint", checkpoint.to_str().context("utf-8")?];
+    args.extend(["--base", base.path().to_str().context("utf-8")?]);
+    args.extend(extra);
+    let output = kiln(&args)?;
+    ensure!(!output.status.success(), "exporting {} {extra:?} succeeded", checkpoint.display());
+    ensure!(std::fs::read_dir(base.path())?.next().is_none(), "a version was published");
+    Ok(String::from_utf8(output.stderr)?)
+}
+
 fn parity(arch: &str, file: &str, extra: &[&str]) -> anyhow::Result<()> {
     let model = format!("tiny-{arch}");
     check_parity(&model, &fixture(&format!("models/{model}/{file}")), extra)?;
@@ -66,20 +80,9 @@ fn a_directory_falls_back_to_onnx_for_non_native_architectures() -> anyhow::Resu
 /// Weights of an architecture without a native importer: one line naming it and the ONNX route.
 #[test]
 fn unsupported_architecture_weights_are_named_with_the_onnx_route() -> anyhow::Result<()> {
-    let checkpoint = fixture("models/tiny-efficientnet/model.safetensors");
-    let base = tempfile::tempdir()?;
-    let output = kiln(&[
-        "export",
-        "--checkpoint",
-        checkpoint.to_str().context("utf-8")?,
-        "--base",
-        base.path().to_str().context("utf-8")?,
-    ])?;
-    ensure!(!output.status.success(), "exporting EfficientNet weights succeeded");
-    let stderr = String::from_utf8(output.stderr)?;
+    let stderr = refused_export("models/tiny-efficientnet/model.safetensors", &[])?;
     ensure!(stderr.contains("EfficientNetForImageClassification"), "{stderr}");
     ensure!(stderr.contains("optimum-cli export onnx"), "{stderr}");
-    ensure!(std::fs::read_dir(base.path())?.next().is_none(), "a version was published");
     Ok(())
 }
 
@@ -104,20 +107,7 @@ fn int8_exports_keep_the_pipeline_top1() -> anyhow::Result<()> {
 /// by how much.
 #[test]
 fn int8_gate_refuses_near_ties() -> anyhow::Result<()> {
-    let checkpoint = fixture("models/tiny-deit/model.safetensors");
-    let base = tempfile::tempdir()?;
-    let output = kiln(&[
-        "export",
-        "--checkpoint",
-        checkpoint.to_str().context("utf-8")?,
-        "--base",
-        base.path().to_str().context("utf-8")?,
-        "--precision",
-        "int8",
-    ])?;
-    ensure!(!output.status.success(), "the int8 export of tiny-deit was published");
-    let stderr = String::from_utf8(output.stderr)?;
+    let stderr = refused_export("models/tiny-deit/model.safetensors", &["--precision", "int8"])?;
     ensure!(stderr.contains("agrees with f32 on top-1 for"), "{stderr}");
-    ensure!(std::fs::read_dir(base.path())?.next().is_none(), "a version was published");
     Ok(())
 }

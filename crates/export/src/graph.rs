@@ -66,13 +66,18 @@ impl GraphWiring {
     /// The one step from the runtime's prepared image to what a Hugging Face model takes: `u8[N, H, W, 3]`
     /// -> `f32[N, 3, H, W]` with `pixel_values[c] = u8 * scale[c] + offset[c]` (rescale, normalization and
     /// any processor-specific affine folded by the exporter into `spec`).
+    ///
+    /// Channels move first while still `u8`, so that each per-channel constant (`[3, 1, 1]`) applies to one
+    /// contiguous plane: tract runs that as a by-scalar loop, where a `[3]` constant broadcast over the
+    /// channel-last axis takes its generic broadcasting path (measured on ViT-B: 2.5 ms of a 190 ms run).
     pub fn pixel_values(&mut self, image: OutletId, spec: &PreprocessSpec) -> TractResult<OutletId> {
-        let x = self.op("image.f32", ops::cast::cast(f32::datum_type()), &[image])?;
-        let scale = self.konst("image.scale", tensor1(&spec.scale))?;
+        let planes = self.op("image.planes", AxisOp::Move(3, 1), &[image])?;
+        let x = self.op("image.f32", ops::cast::cast(f32::datum_type()), &[planes])?;
+        let per_channel = |values: [f32; 3]| Tensor::from_shape(&[3, 1, 1], &values);
+        let scale = self.konst("image.scale", per_channel(spec.scale)?)?;
         let x = self.binary("image.scaled", ops::math::mul(), x, scale)?;
-        let offset = self.konst("image.offset", tensor1(&spec.offset))?;
-        let x = self.binary("image.normalized", ops::math::add(), x, offset)?;
-        self.op("pixel_values", AxisOp::Move(3, 1), &[x])
+        let offset = self.konst("image.offset", per_channel(spec.offset)?)?;
+        self.binary("pixel_values", ops::math::add(), x, offset)
     }
 
     pub fn konst(&mut self, name: &str, tensor: Tensor) -> TractResult<OutletId> {

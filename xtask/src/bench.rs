@@ -499,12 +499,23 @@ fn report(results: &[Measurement], cold: &BTreeMap<&str, Value>, args: &Args) ->
     md
 }
 
+/// `--min-top1-agreement` of the bench's lower-precision exports (percent).
+const BENCH_MIN_TOP1_AGREEMENT: &str = "90";
+
 /// `kiln export` arguments for `precision`: lower precisions also report their accuracy on [`IMAGES`].
 fn precision_args(root: &Path, precision: &str) -> Vec<String> {
     if precision == "f32" {
         return vec![];
     }
-    let mut args = vec!["--precision".to_owned(), precision.to_owned()];
+    // The bench checkpoint has random weights: every class near 1/1000, so its top-1 margins are near ties
+    // (1.6e-4) that int8's noise flips on 1 or 2 of the 32 synthetic images. The flips are reported in the
+    // accuracy table; the bar is lowered so the speed of int8 is measured at all.
+    let mut args = vec![
+        "--precision".to_owned(),
+        precision.to_owned(),
+        "--min-top1-agreement".to_owned(),
+        BENCH_MIN_TOP1_AGREEMENT.to_owned(),
+    ];
     for image in IMAGES {
         args.push("--accuracy-image".to_owned());
         args.push(root.join("fixtures/images").join(image).display().to_string());
@@ -520,23 +531,25 @@ fn accuracy_table(md: &mut String, exports: &BTreeMap<&str, Value>) {
     );
     let _ = writeln!(
         md,
-        "| precision | export s | image set | images | top-1 agreement | max abs confidence delta |"
+        "| precision | export s | image set | images | top-1 agreement | max abs confidence delta | \
+         smallest f32 margin among flips |"
     );
-    let _ = writeln!(md, "|---|---:|---|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---|---:|---:|---:|---:|");
     for (precision, export) in exports {
         let seconds = export["seconds"].as_f64().unwrap_or(f64::NAN);
         let sets = export["accuracy"]["sets"].as_array().cloned().unwrap_or_default();
         if sets.is_empty() {
-            let _ = writeln!(md, "| {precision} | {seconds:.1} | - | - | - | - |");
+            let _ = writeln!(md, "| {precision} | {seconds:.1} | - | - | - | - | - |");
         }
         for set in sets {
             let _ = writeln!(
                 md,
-                "| {precision} | {seconds:.1} | {} | {} | {:.1} % | {:.2e} |",
+                "| {precision} | {seconds:.1} | {} | {} | {:.1} % | {:.2e} | {} |",
                 set["name"].as_str().unwrap_or("?"),
                 set["images"],
                 100.0 * set["top1_agreement"].as_f64().unwrap_or(f64::NAN),
-                set["max_confidence_delta"].as_f64().unwrap_or(f64::NAN)
+                set["max_confidence_delta"].as_f64().unwrap_or(f64::NAN),
+                set["min_disagreeing_margin"].as_f64().map_or_else(|| "-".to_owned(), |m| format!("{m:.2e}"))
             );
         }
     }

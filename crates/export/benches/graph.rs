@@ -25,6 +25,7 @@ fn graph(c: &mut Criterion) {
             resize: ResizeMode::Pil,
             precision,
             accuracy_images: vec![],
+            min_top1_agreement: export::MIN_TOP1_AGREEMENT,
         };
         let report = export(&request, &mut |_| {}).expect("the tiny fixture exports");
         let options = RuntimeOptions { threads: 2, ..RuntimeOptions::default() };

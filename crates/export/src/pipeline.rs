@@ -60,6 +60,9 @@ pub struct ExportRequest {
     /// Image files a lower-precision export is also compared with f32 on, reported by name
     /// in the accuracy report; f32 exports ignore them.
     pub accuracy_images: Vec<PathBuf>,
+    /// Smallest top-1 agreement with f32 a lower-precision export must reach on each image set
+    /// ([`MIN_TOP1_AGREEMENT`] unless the user holds it to another bar).
+    pub min_top1_agreement: f64,
 }
 
 /// How an export is stamped and published, beyond what it builds.
@@ -172,16 +175,20 @@ pub fn export_with(
                 RuntimeOptions::default(),
             )
             .map_err(|e| ExportError::SelfCheck(format!("the runtime cannot load the new artifact: {e}")))?;
-            let report = accuracy_report(&source, &spec, &model, precision, &request.accuracy_images)?;
+            let report = accuracy_report(&source, &spec, &model, request)?;
             let worst = report.sets.iter().map(|s| s.max_confidence_delta).fold(0f32, f32::max);
-            if let Some(low) = report.sets.iter().find(|s| s.top1_agreement < MIN_TOP1_AGREEMENT) {
+            let bar = request.min_top1_agreement;
+            if let Some(low) = report.sets.iter().find(|s| s.top1_agreement < bar) {
                 return Err(ExportError::SelfCheck(format!(
-                    "{} agrees with f32 on top-1 for {:.1} % of the {} {} images, below {:.0} %",
+                    "{} agrees with f32 on top-1 for {:.1} % of the {} {} images, below {:.0} % (max \
+                     |confidence difference| {:.2e}, smallest f32 margin among the flips {:.2e})",
                     precision.name(),
                     100.0 * low.top1_agreement,
                     low.images,
                     low.name,
-                    100.0 * MIN_TOP1_AGREEMENT
+                    100.0 * bar,
+                    low.max_confidence_delta,
+                    low.min_disagreeing_margin.unwrap_or(f32::NAN),
                 )));
             }
             let json = serde_json::to_vec_pretty(&report)
@@ -222,6 +229,8 @@ pub struct AccuracyReport {
     pub precision: String,
     /// What it is compared with.
     pub reference: String,
+    /// The top-1 agreement every set had to reach for the artifact to be published.
+    pub min_top1_agreement: f64,
     /// One entry per image set.
     pub sets: Vec<AccuracySet>,
 }
@@ -243,13 +252,12 @@ pub struct AccuracySet {
 }
 
 /// Compares `model` (a lower-precision artifact) with the f32 fused graph of the same source on the
-/// synthetic samples and on `images`.
+/// synthetic samples and on the request's accuracy images.
 fn accuracy_report(
     source: &Source,
     spec: &PreprocessSpec,
     model: &Model,
-    precision: Precision,
-    images: &[PathBuf],
+    request: &ExportRequest,
 ) -> Result<AccuracyReport, ExportError> {
     let failed = |reason: String| ExportError::SelfCheck(reason);
     let (reference, logits_slot) =
@@ -260,7 +268,7 @@ fn accuracy_report(
         synthetic.push(png(&pixels, height, width)?);
     }
     let mut given = vec![];
-    for path in images {
+    for path in &request.accuracy_images {
         given.push(std::fs::read(path).map_err(|source| ExportError::Io { path: path.clone(), source })?);
     }
     let mut sets = vec![];
@@ -301,8 +309,9 @@ fn accuracy_report(
         });
     }
     Ok(AccuracyReport {
-        precision: precision.name().into(),
+        precision: request.precision.name().into(),
         reference: "the f32 graph of the same checkpoint, run by tract on the same prepared images".into(),
+        min_top1_agreement: request.min_top1_agreement,
         sets,
     })
 }
@@ -526,6 +535,7 @@ mod tests {
             resize: ResizeMode::Pil,
             precision: Precision::Int8,
             accuracy_images: vec![fixtures.join("images/chelsea.jpg"), fixtures.join("images/rocket.jpg")],
+            min_top1_agreement: MIN_TOP1_AGREEMENT,
         };
         let report = export(&request, &mut |_| {})?;
         let accuracy = report.accuracy.ok_or("no accuracy report")?;

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ::export::{AccuracyReport, ExportReport, ExportRequest, Precision, PublishOptions, export_with};
+use ::export::{
+    AccuracyReport, ExportReport, ExportRequest, MIN_TOP1_AGREEMENT, Precision, PublishOptions, export_with,
+};
 use anyhow::{Context, bail};
 use artifact::ResizeMode;
 use clap::{Args, ValueEnum};
@@ -46,12 +48,16 @@ pub struct ExportArgs {
     resize: Resize,
     /// Arithmetic of the linear layers: `f32`, or `int8` (int8 weights and per-token int8 activations,
     /// for architectures made of linear layers; published only if it agrees with f32 on top-1 for at
-    /// least 95 % of the check images).
+    /// least --min-top1-agreement of the check images).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
     /// Image files to include in a lower-precision export's accuracy report, besides synthetic ones.
     #[arg(long = "accuracy-image", value_name = "FILE")]
     accuracy_images: Vec<PathBuf>,
+    /// Percentage of each image set on which a lower-precision export must pick f32's top-1 class to be
+    /// published (recorded in accuracy.json).
+    #[arg(long, value_name = "PERCENT", default_value_t = 100.0 * MIN_TOP1_AGREEMENT, value_parser = percent)]
+    min_top1_agreement: f64,
     /// Publish nothing, and name the existing version, when the newest version under --base already has
     /// the content digest this export would publish (exit status 0 either way).
     #[arg(long)]
@@ -92,6 +98,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             PrecisionArg::Int8 => Precision::Int8,
         },
         accuracy_images: args.accuracy_images,
+        min_top1_agreement: args.min_top1_agreement / 100.0,
     };
     let started = Instant::now();
     let report = export_with(&request, &options, &mut |stage| {
@@ -121,6 +128,14 @@ fn created_unix_from(value: Option<OsString>) -> anyhow::Result<Option<u64>> {
              as decimal digits (`date +%s`), at most {}; unset it to stamp the export with the current time",
             u64::MAX
         ),
+    }
+}
+
+/// A percentage from 0 to 100, for `--min-top1-agreement`.
+fn percent(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(percent) if (0.0..=100.0).contains(&percent) => Ok(percent),
+        _ => Err(format!("{value:?} is not a percentage from 0 to 100")),
     }
 }
 
@@ -222,5 +237,16 @@ mod tests {
             assert!(message.contains("SOURCE_DATE_EPOCH") && message.contains(bad), "{message}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn agreement_bar_is_a_percentage() {
+        assert_eq!(percent("95"), Ok(95.0));
+        assert_eq!(percent("0"), Ok(0.0));
+        assert_eq!(percent("99.5"), Ok(99.5));
+        for bad in ["-1", "100.1", "NaN", "0.9x", ""] {
+            let message = percent(bad).expect_err(bad);
+            assert!(message.contains("percentage"), "{message}");
+        }
     }
 }

@@ -215,6 +215,7 @@ async fn serving_version_corrupted_on_disk_reports_data_loss_and_keeps_serving()
         resize: artifact::ResizeMode::Tf,
         precision: export::Precision::F32,
         accuracy_images: vec![],
+        min_top1_agreement: export::MIN_TOP1_AGREEMENT,
     };
     let other = export::export(&request, &mut |_| {})?.version_dir;
     for name in [export::GRAPH_FILE, artifact::MANIFEST_FILE, artifact::MANIFEST_DIGEST_FILE] {

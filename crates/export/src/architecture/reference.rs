@@ -143,6 +143,7 @@ pub fn export_fixture(model: &str, precision: Precision) -> Result<crate::Export
         resize: artifact::ResizeMode::Pil,
         precision,
         accuracy_images: vec![],
+        min_top1_agreement: crate::MIN_TOP1_AGREEMENT,
     };
     let started = std::time::Instant::now();
     let report = crate::export(&request, &mut |_| {})?;

@@ -44,6 +44,7 @@ pub fn export_version(base: &Path, version: u64) -> TestResult<PathBuf> {
         resize: artifact::ResizeMode::Pil,
         precision: export::Precision::F32,
         accuracy_images: vec![],
+        min_top1_agreement: export::MIN_TOP1_AGREEMENT,
     };
     Ok(export::export(&request, &mut |_| {})?.version_dir)
 }

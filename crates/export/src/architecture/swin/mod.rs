@@ -544,6 +544,7 @@ mod tests {
                 resize: ResizeMode::Pil,
                 precision,
                 accuracy_images: vec![],
+                min_top1_agreement: crate::MIN_TOP1_AGREEMENT,
             };
             let report = export(&request, &mut |_| {})?;
             eprintln!(

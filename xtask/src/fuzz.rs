@@ -19,6 +19,10 @@ use crate::workspace_root;
 const TARGETS: [&str; 5] =
     ["image_prepare", "rest_predict", "grpc_predict", "textproto_config", "artifact_manifest"];
 
+/// The runtime's decoder test images (each format's variants, written by Pillow), extra seeds for a
+/// one-format `image_prepare` run.
+const DECODER_TEST_IMAGES: &str = "crates/runtime/src/image/testdata/formats";
+
 /// libFuzzer's per-input time limit: the slowest legitimate input decodes a 1-megapixel image in well
 /// under a second, so 10 s means a hang.
 const UNIT_TIMEOUT_SECONDS: u32 = 10;
@@ -36,11 +40,16 @@ pub struct Args {
     /// Run only these targets (repeatable) [default: all].
     #[arg(long = "target", value_name = "TARGET", value_parser = clap::builder::PossibleValuesParser::new(TARGETS))]
     targets: Vec<String>,
+    /// Start only from the committed seeds whose file name ends in `.EXT` (e.g. `webp`), growing a corpus
+    /// of their own: one bounded run per image format, so each decoder gets the time, not just the
+    /// formats libFuzzer happens to favour.
+    #[arg(long = "seeds", value_name = "EXT")]
+    seed_extension: Option<String>,
 }
 
 /// What one target's run produced.
 struct Outcome {
-    target: &'static str,
+    target: String,
     executions: Option<u64>,
     corpus: usize,
     /// Crash, leak, out-of-memory and timeout inputs libFuzzer wrote during this run.
@@ -69,7 +78,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut outcomes = Vec::new();
     for target in targets {
         println!("fuzzing {target} for {} s", args.seconds);
-        outcomes.push(run_target(&fuzz_dir, target, args.seconds)?);
+        outcomes.push(run_target(&fuzz_dir, target, args.seed_extension.as_deref(), args.seconds)?);
     }
 
     println!("\n{:<18} {:>12} {:>8} {:>8}", "target", "executions", "corpus", "crashes");
@@ -86,7 +95,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let failed: Vec<&str> =
-        outcomes.iter().filter(|o| !o.exit_ok || !o.findings.is_empty()).map(|o| o.target).collect();
+        outcomes.iter().filter(|o| !o.exit_ok || !o.findings.is_empty()).map(|o| o.target.as_str()).collect();
     ensure!(
         failed.is_empty(),
         "fuzz targets failed: {} (logs in crates/fuzz/target/fuzz-logs)",
@@ -113,16 +122,20 @@ fn fuzz_dir_args<'a>(subcommand: &'a str, fuzz_dir: &'a Path) -> [&'a std::ffi::
     [subcommand.as_ref(), "--fuzz-dir".as_ref(), fuzz_dir.as_os_str()]
 }
 
-fn run_target(fuzz_dir: &Path, target: &'static str, seconds: u32) -> Result<Outcome> {
-    let corpus = fuzz_dir.join("corpus").join(target);
-    let seeds = fuzz_dir.join("seeds").join(target);
-    let artifacts = fuzz_dir.join("artifacts").join(target);
+fn run_target(fuzz_dir: &Path, target: &str, extension: Option<&str>, seconds: u32) -> Result<Outcome> {
+    let name = match extension {
+        Some(extension) => format!("{target}-{extension}"),
+        None => target.to_owned(),
+    };
+    let corpus = fuzz_dir.join("corpus").join(&name);
+    let artifacts = fuzz_dir.join("artifacts").join(&name);
     let logs = fuzz_dir.join("target/fuzz-logs");
     for dir in [&corpus, &artifacts, &logs] {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    let seeds = seeds(fuzz_dir, target, extension)?;
     let before = list_files(&artifacts)?;
-    let log_path = logs.join(format!("{target}.log"));
+    let log_path = logs.join(format!("{name}.log"));
     let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let status = cargo_fuzz(fuzz_dir)
         .args(fuzz_dir_args("run", fuzz_dir))
@@ -145,18 +158,47 @@ fn run_target(fuzz_dir: &Path, target: &'static str, seconds: u32) -> Result<Out
         list_files(&artifacts)?.into_iter().filter(|path| !before.contains(path)).collect();
     if !status.success() || !findings.is_empty() {
         let tail: Vec<&str> = text.lines().rev().take(30).collect();
-        eprintln!("{target} failed ({status}); last lines of {}:", log_path.display());
+        eprintln!("{name} failed ({status}); last lines of {}:", log_path.display());
         for line in tail.into_iter().rev() {
             eprintln!("  {line}");
         }
     }
     Ok(Outcome {
-        target,
+        target: name,
         executions: executions(&text),
         corpus: list_files(&corpus)?.len(),
         findings,
         exit_ok: status.success(),
     })
+}
+
+/// The committed seed directory of `target`, or with `extension` a copy of only its seeds of that format
+/// (libFuzzer reads every file of a corpus directory), joined for `image_prepare` by the runtime's
+/// decoder test images of that format ([`DECODER_TEST_IMAGES`]).
+fn seeds(fuzz_dir: &Path, target: &str, extension: Option<&str>) -> Result<PathBuf> {
+    let committed = fuzz_dir.join("seeds").join(target);
+    let Some(extension) = extension else {
+        return Ok(committed);
+    };
+    let chosen = fuzz_dir.join("target/fuzz-seeds").join(format!("{target}-{extension}"));
+    if chosen.exists() {
+        fs::remove_dir_all(&chosen).with_context(|| format!("removing {}", chosen.display()))?;
+    }
+    fs::create_dir_all(&chosen).with_context(|| format!("creating {}", chosen.display()))?;
+    let mut candidates = list_files(&committed)?;
+    if target == "image_prepare" {
+        candidates.extend(list_files(&workspace_root().join(DECODER_TEST_IMAGES))?);
+    }
+    let mut copied = 0;
+    for seed in candidates {
+        if seed.extension().is_some_and(|e| e.eq_ignore_ascii_case(extension)) {
+            let file_name = seed.file_name().context("seed without a file name")?;
+            fs::copy(&seed, chosen.join(file_name)).with_context(|| format!("copying {}", seed.display()))?;
+            copied += 1;
+        }
+    }
+    ensure!(copied > 0, "no seed of {target} ends in .{extension} (see {})", committed.display());
+    Ok(chosen)
 }
 
 /// Executions from libFuzzer's log: the final `stat::number_of_executed_units`, or when a crash ended the

@@ -6,17 +6,15 @@
 //! bias tables (bilinear) to the input's patch grid on every call. Here that happens once, at export, for
 //! the processor's size, and each layer's `[heads, T, T]` bias becomes a constant.
 
-use std::path::Path;
-
 use serde::Deserialize;
 use tract_core::internal::*;
 
+use super::InputSize;
 use super::encoder::{
     Dimensions, Encoder, FeedForward, LayerNames, PatchEmbedding, QkvBias, mean_of_tokens, patch_grid, token,
 };
+use super::native::{Native, NativeConfig};
 use super::resample::{Grid, bicubic, bilinear};
-use super::{Architecture, InputSize};
-use crate::config::ModelConfig;
 use crate::graph::{Activation, GraphWiring};
 use crate::weights::Weights;
 use crate::{ExportError, Precision};
@@ -24,7 +22,7 @@ use crate::{ExportError, Precision};
 /// The architecture hyper-parameters of a BEiT checkpoint; every field comes from `config.json`, defaults
 /// as transformers' `BeitConfig`.
 #[derive(Debug, Clone, Deserialize)]
-struct BeitConfig {
+pub struct BeitConfig {
     #[serde(default = "default_image_size")]
     image_size: usize,
     #[serde(default = "default_patch_size")]
@@ -91,6 +89,18 @@ fn default_true() -> bool {
 }
 
 impl BeitConfig {
+    /// Patches per side of the checkpoint's own input (the window its positions and biases were made for).
+    fn side(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+}
+
+/// `BeitForImageClassification`.
+impl NativeConfig for BeitConfig {
+    type Checked = Activation;
+
+    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8];
+
     fn validate(&self, input: InputSize) -> Result<Activation, String> {
         Dimensions {
             channels: self.num_channels,
@@ -106,50 +116,16 @@ impl BeitConfig {
             .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))
     }
 
-    /// Patches per side of the checkpoint's own input (the window its positions and biases were made for).
-    fn side(&self) -> usize {
-        self.image_size / self.patch_size
-    }
-}
-
-/// `BeitForImageClassification` with its weights.
-struct Beit {
-    config: BeitConfig,
-    activation: Activation,
-    input: InputSize,
-    classes: usize,
-    weights: Weights,
-}
-
-/// Reads a BEiT's hyper-parameters from `config` and checks them against `input`.
-pub fn open(
-    config: &ModelConfig,
-    config_path: &Path,
-    weights: Weights,
-    input: InputSize,
-) -> Result<Box<dyn Architecture>, ExportError> {
-    let beit: BeitConfig = config.parse(config_path)?;
-    let activation = beit
-        .validate(input)
-        .map_err(|reason| ExportError::InvalidConfig { path: config_path.to_owned(), reason })?;
-    Ok(Box::new(Beit { config: beit, activation, input, classes: config.id2label.len(), weights }))
-}
-
-impl Architecture for Beit {
-    fn precisions(&self) -> &'static [Precision] {
-        &[Precision::F32, Precision::Int8]
-    }
-
     fn logits(
-        &self,
+        model: &Native<Self>,
         g: &mut GraphWiring,
         pixel_values: OutletId,
         precision: Precision,
     ) -> TractResult<OutletId> {
-        let (config, weights) = (&self.config, &self.weights);
+        let (config, weights) = (&model.config, &model.weights);
         let d = config.hidden_size;
         let side = config.side();
-        let grid = patch_grid(self.input, config.patch_size);
+        let grid = patch_grid(model.input, config.patch_size);
         let patches = PatchEmbedding::read(
             weights,
             "beit.embeddings.patch_embeddings.projection",
@@ -171,7 +147,7 @@ impl Architecture for Beit {
         } else {
             None
         };
-        let mut x = patches.embed(g, pixel_values, self.input, &[cls], positions.as_deref())?;
+        let mut x = patches.embed(g, pixel_values, model.input, &[cls], positions.as_deref())?;
 
         let layer_scale = (config.layer_scale_init_value > 0.0).then_some(["lambda_1", "lambda_2"]);
         let encoder = Encoder {
@@ -182,7 +158,7 @@ impl Architecture for Beit {
             eps: config.layer_norm_eps as f32,
             qkv_bias: QkvBias::QueryValue,
             names: LayerNames { layer_scale, ..LayerNames::VIT },
-            feed_forward: FeedForward::vit_mlp(config.intermediate_size, self.activation),
+            feed_forward: FeedForward::vit_mlp(config.intermediate_size, model.checked),
             precision,
         };
         let biases = RelativePositionBias { weights, heads: config.num_attention_heads, side, grid };
@@ -209,11 +185,11 @@ impl Architecture for Beit {
             };
             x = encoder.layer(g, layer, x, bias)?;
         }
-        self.head(g, x)
+        model.head(g, x)
     }
 }
 
-impl Beit {
+impl Native<BeitConfig> {
     /// `beit.pooler.layernorm` over the mean of the patch tokens, or `beit.layernorm` over the CLS token,
     /// then the classifier.
     fn head(&self, g: &mut GraphWiring, x: OutletId) -> TractResult<OutletId> {

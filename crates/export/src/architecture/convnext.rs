@@ -8,18 +8,15 @@
 //! V2 normalizes the activation by its global response (GRN). The graph runs channels-last (`NHWC`)
 //! throughout, as the blocks' layer norms and linear layers do in PyTorch, so no block transposes.
 
-use std::path::Path;
-
 use serde::Deserialize;
 use tract_core::internal::*;
 use tract_core::ops;
 use tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 
-use super::{Architecture, InputSize};
-use crate::config::ModelConfig;
+use super::InputSize;
+use super::native::{Native, NativeConfig};
+use crate::Precision;
 use crate::graph::{Activation, Conv2d, GraphWiring};
-use crate::weights::Weights;
-use crate::{ExportError, Precision};
 
 /// transformers hard-codes this epsilon for every layer norm but the last (which reads `layer_norm_eps`).
 const BLOCK_NORM_EPS: f32 = 1e-6;
@@ -30,10 +27,12 @@ const DEPTHWISE_KERNEL: usize = 7;
 /// Hidden width of a block's MLP, in multiples of its channels.
 const MLP_RATIO: usize = 4;
 
-/// The architecture hyper-parameters of a ConvNeXt (V1 or V2) checkpoint; every field comes from
-/// `config.json`, with transformers' defaults.
+/// The architecture hyper-parameters of a ConvNeXt checkpoint; every field comes from `config.json`, with
+/// transformers' defaults. `V2` is the version the architecture name chose (a parameter of the type, so
+/// that each version is its own registry entry); the versions differ in what follows a block's MLP
+/// activation, and in the weights' prefix.
 #[derive(Debug, Clone, Deserialize)]
-pub struct ConvNextConfig {
+pub struct ConvNextConfig<const V2: bool> {
     /// Input channels; only 3 (RGB) is supported.
     #[serde(default = "default_num_channels")]
     pub num_channels: usize,
@@ -104,25 +103,22 @@ fn default_layer_scale() -> f64 {
     1e-6
 }
 
-/// The two ConvNeXt generations: what follows a block's MLP activation, and the weights' prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Version {
-    /// `ConvNextForImageClassification`: layer scale on the block's output (when configured).
-    V1,
-    /// `ConvNextV2ForImageClassification`: global response normalization after the activation.
-    V2,
+/// `ConvNextForImageClassification`: layer scale on the block's output (when configured).
+pub type ConvNextV1Config = ConvNextConfig<false>;
+
+/// `ConvNextV2ForImageClassification`: global response normalization after the MLP's activation.
+pub type ConvNextV2Config = ConvNextConfig<true>;
+
+impl<const V2: bool> ConvNextConfig<V2> {
+    /// The weights' prefix.
+    const PREFIX: &'static str = if V2 { "convnextv2" } else { "convnext" };
 }
 
-impl Version {
-    fn prefix(self) -> &'static str {
-        match self {
-            Version::V1 => "convnext",
-            Version::V2 => "convnextv2",
-        }
-    }
-}
+impl<const V2: bool> NativeConfig for ConvNextConfig<V2> {
+    type Checked = Activation;
 
-impl ConvNextConfig {
+    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8];
+
     fn validate(&self, input: InputSize) -> Result<Activation, String> {
         if self.num_channels != 3 {
             return Err(format!("num_channels is {}, only 3 (RGB) is supported", self.num_channels));
@@ -156,67 +152,18 @@ impl ConvNextConfig {
         Activation::parse(&self.hidden_act)
             .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))
     }
-}
-
-/// A ConvNeXt of either version with its weights.
-struct ConvNext {
-    config: ConvNextConfig,
-    version: Version,
-    activation: Activation,
-    classes: usize,
-    weights: Weights,
-}
-
-/// Reads a `ConvNextForImageClassification`'s hyper-parameters and checks them against `input`.
-pub fn open_v1(
-    config: &ModelConfig,
-    config_path: &Path,
-    weights: Weights,
-    input: InputSize,
-) -> Result<Box<dyn Architecture>, ExportError> {
-    open(Version::V1, config, config_path, weights, input)
-}
-
-/// Reads a `ConvNextV2ForImageClassification`'s hyper-parameters and checks them against `input`.
-pub fn open_v2(
-    config: &ModelConfig,
-    config_path: &Path,
-    weights: Weights,
-    input: InputSize,
-) -> Result<Box<dyn Architecture>, ExportError> {
-    open(Version::V2, config, config_path, weights, input)
-}
-
-fn open(
-    version: Version,
-    config: &ModelConfig,
-    config_path: &Path,
-    weights: Weights,
-    input: InputSize,
-) -> Result<Box<dyn Architecture>, ExportError> {
-    let convnext: ConvNextConfig = config.parse(config_path)?;
-    let activation = convnext
-        .validate(input)
-        .map_err(|reason| ExportError::InvalidConfig { path: config_path.to_owned(), reason })?;
-    Ok(Box::new(ConvNext { config: convnext, version, activation, classes: config.id2label.len(), weights }))
-}
-
-impl Architecture for ConvNext {
-    fn precisions(&self) -> &'static [Precision] {
-        &[Precision::F32, Precision::Int8]
-    }
 
     /// In int8, the blocks' two linear layers (pwconv1, pwconv2: 93 % of ConvNeXt-T's multiply-adds) are
     /// [`GraphWiring::linear_int8`]; convolutions, norms and the classifier stay f32.
     fn logits(
-        &self,
+        model: &Native<Self>,
         g: &mut GraphWiring,
         pixel_values: OutletId,
         precision: Precision,
     ) -> TractResult<OutletId> {
-        let config = &self.config;
-        let prefix = self.version.prefix();
-        let w = |name: &str, shape: &[usize]| self.weights.get(&format!("{prefix}.{name}"), shape);
+        let config = &model.config;
+        let prefix = Self::PREFIX;
+        let w = |name: &str, shape: &[usize]| model.weights.get(&format!("{prefix}.{name}"), shape);
 
         let x = g.op("pixel_values.channels_last", AxisOp::Move(1, 3), &[pixel_values])?;
         let first = config.hidden_sizes[0];
@@ -257,7 +204,7 @@ impl Architecture for ConvNext {
                 x = g.conv2d(&name("downsample.conv"), x, DataFormat::NHWC, conv)?;
             }
             for layer in 0..config.depths[stage] {
-                x = self.block(g, stage, layer, x, precision)?;
+                x = model.block(g, stage, layer, x, precision)?;
             }
         }
 
@@ -273,13 +220,13 @@ impl Architecture for ConvNext {
         g.linear(
             "head.classifier",
             pooled,
-            self.weights.get("classifier.weight", &[self.classes, last])?,
-            Some(self.weights.get("classifier.bias", &[self.classes])?),
+            model.weights.get("classifier.weight", &[model.classes, last])?,
+            Some(model.weights.get("classifier.bias", &[model.classes])?),
         )
     }
 }
 
-impl ConvNext {
+impl<const V2: bool> Native<ConvNextConfig<V2>> {
     /// One residual block on `x` (`[N, H, W, C]`).
     fn block(
         &self,
@@ -291,7 +238,7 @@ impl ConvNext {
     ) -> TractResult<OutletId> {
         let dim = self.config.hidden_sizes[stage];
         let hidden = MLP_RATIO * dim;
-        let at = format!("{}.encoder.stages.{stage}.layers.{layer}", self.version.prefix());
+        let at = format!("{}.encoder.stages.{stage}.layers.{layer}", ConvNextConfig::<V2>::PREFIX);
         let w = |s: &str, shape: &[usize]| self.weights.get(&format!("{at}.{s}"), shape);
         let name = |s: &str| format!("stage{stage}.layer{layer}.{s}");
 
@@ -316,8 +263,8 @@ impl ConvNext {
             w("pwconv1.weight", &[hidden, dim])?,
             Some(w("pwconv1.bias", &[hidden])?),
         )?;
-        let mut h = g.activation(&name("act"), h, self.activation)?;
-        if self.version == Version::V2 {
+        let mut h = g.activation(&name("act"), h, self.checked)?;
+        if V2 {
             h = global_response_norm(
                 g,
                 &name("grn"),
@@ -328,7 +275,7 @@ impl ConvNext {
         }
         let mut weight = self.weights.values(&format!("{at}.pwconv2.weight"), &[dim, hidden])?;
         let mut bias = self.weights.values(&format!("{at}.pwconv2.bias"), &[dim])?;
-        if self.version == Version::V1 && self.config.layer_scale_init_value > 0.0 {
+        if !V2 && self.config.layer_scale_init_value > 0.0 {
             // `gamma * (W h + b)` is `(gamma W) h + gamma b`: the scale costs nothing once in the weights.
             let gamma = self.weights.values(&format!("{at}.layer_scale_parameter"), &[dim])?;
             for ((row, b), scale) in weight.chunks_exact_mut(hidden).zip(&mut bias).zip(&gamma) {

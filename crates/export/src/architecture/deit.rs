@@ -2,89 +2,51 @@
 //! keys, [`VitConfig`]) with a distillation token after the CLS token. The plain classifier reads the CLS
 //! token; the distilled one averages a CLS head and a distillation head, as transformers does at inference.
 
-use std::path::Path;
-
+use serde::Deserialize;
 use tract_core::internal::*;
 use tract_core::ops;
 
+use super::InputSize;
 use super::encoder::token;
+use super::native::{Native, NativeConfig};
 use super::vit::VitConfig;
-use super::{Architecture, InputSize};
-use crate::config::ModelConfig;
+use crate::Precision;
 use crate::graph::{Activation, GraphWiring};
-use crate::weights::Weights;
-use crate::{ExportError, Precision};
 
-/// Which classification head the checkpoint has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Head {
-    /// `classifier` on the CLS token.
-    Cls,
-    /// `(cls_classifier(CLS) + distillation_classifier(distillation token)) / 2`.
-    WithTeacher,
-}
+/// DeiT's hyper-parameters: ViT's keys ([`VitConfig`]), for the head `WITH_TEACHER` chooses (a parameter
+/// of the type, so that each head is its own registry entry).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct DeitConfig<const WITH_TEACHER: bool>(VitConfig);
 
-/// A DeiT classifier with its weights.
-struct Deit {
-    config: VitConfig,
-    activation: Activation,
-    head: Head,
-    input: InputSize,
-    classes: usize,
-    weights: Weights,
-}
+/// `DeiTForImageClassification`: `classifier` on the CLS token.
+pub type DeitClsConfig = DeitConfig<false>;
 
-/// Opens `DeiTForImageClassification`.
-pub fn open(
-    config: &ModelConfig,
-    config_path: &Path,
-    weights: Weights,
-    input: InputSize,
-) -> Result<Box<dyn Architecture>, ExportError> {
-    open_with(config, config_path, weights, input, Head::Cls)
-}
+/// `DeiTForImageClassificationWithTeacher`: `(cls_classifier(CLS) + distillation_classifier(distillation
+/// token)) / 2`.
+pub type DeitWithTeacherConfig = DeitConfig<true>;
 
-/// Opens `DeiTForImageClassificationWithTeacher`.
-pub fn open_with_teacher(
-    config: &ModelConfig,
-    config_path: &Path,
-    weights: Weights,
-    input: InputSize,
-) -> Result<Box<dyn Architecture>, ExportError> {
-    open_with(config, config_path, weights, input, Head::WithTeacher)
-}
+impl<const WITH_TEACHER: bool> NativeConfig for DeitConfig<WITH_TEACHER> {
+    type Checked = Activation;
 
-fn open_with(
-    config: &ModelConfig,
-    config_path: &Path,
-    weights: Weights,
-    input: InputSize,
-    head: Head,
-) -> Result<Box<dyn Architecture>, ExportError> {
-    let deit: VitConfig = config.parse(config_path)?;
-    let activation = deit
-        .validate(input)
-        .map_err(|reason| ExportError::InvalidConfig { path: config_path.to_owned(), reason })?;
-    Ok(Box::new(Deit { config: deit, activation, head, input, classes: config.id2label.len(), weights }))
-}
+    const PRECISIONS: &'static [Precision] = VitConfig::PRECISIONS;
 
-impl Architecture for Deit {
-    fn precisions(&self) -> &'static [Precision] {
-        &[Precision::F32, Precision::Int8]
+    fn validate(&self, input: InputSize) -> Result<Activation, String> {
+        self.0.validate(input)
     }
 
     fn logits(
-        &self,
+        model: &Native<Self>,
         g: &mut GraphWiring,
         pixel_values: OutletId,
         precision: Precision,
     ) -> TractResult<OutletId> {
-        let (config, weights) = (&self.config, &self.weights);
+        let (config, weights) = (&model.config.0, &model.weights);
         let d = config.hidden_size;
         let special = ["cls_token", "distillation_token"];
-        let mut x = config.embed(g, weights, "deit", &special, self.input, pixel_values)?;
+        let mut x = config.embed(g, weights, "deit", &special, model.input, pixel_values)?;
 
-        let encoder = config.encoder(weights, "deit.encoder.layer", self.activation, precision);
+        let encoder = config.encoder(weights, "deit.encoder.layer", model.checked, precision);
         for layer in 0..config.num_hidden_layers {
             x = encoder.layer(g, layer, x, None)?;
         }
@@ -95,42 +57,44 @@ impl Architecture for Deit {
             g.layer_norm(name, x, gamma, beta, config.layer_norm_eps as f32)
         };
         let classifier = |g: &mut GraphWiring, name: &str, x: OutletId, prefix: &str| {
-            let weight = weights.get(&format!("{prefix}.weight"), &[self.classes, d])?;
-            let bias = weights.get(&format!("{prefix}.bias"), &[self.classes])?;
+            let weight = weights.get(&format!("{prefix}.weight"), &[model.classes, d])?;
+            let bias = weights.get(&format!("{prefix}.bias"), &[model.classes])?;
             g.linear(name, x, weight, Some(bias))
         };
         // Layer norm is per token, so normalizing the read tokens alone is exact and skips the rest.
         let cls = token(g, "head.cls", x, 0)?;
         let cls = norm(g, "head.cls_ln", cls)?;
-        match self.head {
-            Head::Cls => classifier(g, "head.classifier", cls, "classifier"),
-            Head::WithTeacher => {
-                let distillation = token(g, "head.distillation", x, 1)?;
-                let distillation = norm(g, "head.distillation_ln", distillation)?;
-                let cls = classifier(g, "head.cls_classifier", cls, "cls_classifier")?;
-                let distillation =
-                    classifier(g, "head.distillation_classifier", distillation, "distillation_classifier")?;
-                let sum = g.binary("head.sum", ops::math::add(), cls, distillation)?;
-                g.binary_scalar("head.mean", ops::math::mul(), sum, 0.5)
-            }
+        if !WITH_TEACHER {
+            return classifier(g, "head.classifier", cls, "classifier");
         }
+        let distillation = token(g, "head.distillation", x, 1)?;
+        let distillation = norm(g, "head.distillation_ln", distillation)?;
+        let cls = classifier(g, "head.cls_classifier", cls, "cls_classifier")?;
+        let distillation =
+            classifier(g, "head.distillation_classifier", distillation, "distillation_classifier")?;
+        let sum = g.binary("head.sum", ops::math::add(), cls, distillation)?;
+        g.binary_scalar("head.mean", ops::math::mul(), sum, 0.5)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::native::open;
     use super::super::reference::{CheckError, LOGIT_TOLERANCE, check_f32_logits, check_int8_top1, fixtures};
     use super::*;
+    use crate::config::ModelConfig;
+    use crate::weights::Weights;
 
     /// transformers' DeiT raises on an input size other than `image_size` (its pipeline never asks it to
     /// interpolate): a processor producing another size is refused, naming both sizes.
     #[test]
     fn another_input_size_is_refused() -> Result<(), CheckError> {
         let dir = fixtures().join("models/tiny-deit");
-        let config = ModelConfig::read(&dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        let config = ModelConfig::read(&config_path)?;
         let weights = Weights::safetensors(&dir.join("model.safetensors"))?;
         let input = InputSize { height: 48, width: 40 };
-        let Err(error) = open_with_teacher(&config, &dir.join("config.json"), weights, input) else {
+        let Err(error) = open::<DeitWithTeacherConfig>(&config, &config_path, weights, input) else {
             return Err("a 48x40 input was accepted for a 40x40 DeiT".into());
         };
         let message = error.to_string();

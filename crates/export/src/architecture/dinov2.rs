@@ -4,26 +4,23 @@
 //! transformers' DINOv2 resizes its position embeddings to every input's patch grid (bicubic, as
 //! `Dinov2Embeddings.interpolate_pos_encoding`); here that happens once, at export, for the processor's size.
 
-use std::path::Path;
-
 use serde::Deserialize;
 use tract_core::internal::*;
 use tract_core::ops::array::TypedConcat;
 
+use super::InputSize;
 use super::encoder::{
     Dimensions, Encoder, FeedForward, LayerNames, PatchEmbedding, QkvBias, mean_of_tokens, patch_grid, token,
 };
+use super::native::{Native, NativeConfig};
 use super::resample::{Grid, bicubic};
-use super::{Architecture, InputSize};
-use crate::config::ModelConfig;
+use crate::Precision;
 use crate::graph::{Activation, GraphWiring};
-use crate::weights::Weights;
-use crate::{ExportError, Precision};
 
 /// The architecture hyper-parameters of a DINOv2 checkpoint; every field comes from `config.json`,
 /// defaults as transformers' `Dinov2Config`.
 #[derive(Debug, Clone, Deserialize)]
-struct Dinov2Config {
+pub struct Dinov2Config {
     #[serde(default = "default_image_size")]
     image_size: usize,
     #[serde(default = "default_patch_size")]
@@ -81,6 +78,18 @@ fn default_true() -> bool {
 }
 
 impl Dinov2Config {
+    /// Patches per side of the checkpoint's own input (the grid its positions were trained for).
+    fn side(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+}
+
+/// `Dinov2ForImageClassification`.
+impl NativeConfig for Dinov2Config {
+    type Checked = FeedForward;
+
+    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8];
+
     fn validate(&self, input: InputSize) -> Result<FeedForward, String> {
         Dimensions {
             channels: self.num_channels,
@@ -107,47 +116,13 @@ impl Dinov2Config {
         Ok(FeedForward::Mlp { up: "mlp.fc1", down: "mlp.fc2", width, activation })
     }
 
-    /// Patches per side of the checkpoint's own input (the grid its positions were trained for).
-    fn side(&self) -> usize {
-        self.image_size / self.patch_size
-    }
-}
-
-/// `Dinov2ForImageClassification` with its weights.
-struct Dinov2 {
-    config: Dinov2Config,
-    feed_forward: FeedForward,
-    input: InputSize,
-    classes: usize,
-    weights: Weights,
-}
-
-/// Reads a DINOv2's hyper-parameters from `config` and checks them against `input`.
-pub fn open(
-    config: &ModelConfig,
-    config_path: &Path,
-    weights: Weights,
-    input: InputSize,
-) -> Result<Box<dyn Architecture>, ExportError> {
-    let dinov2: Dinov2Config = config.parse(config_path)?;
-    let feed_forward = dinov2
-        .validate(input)
-        .map_err(|reason| ExportError::InvalidConfig { path: config_path.to_owned(), reason })?;
-    Ok(Box::new(Dinov2 { config: dinov2, feed_forward, input, classes: config.id2label.len(), weights }))
-}
-
-impl Architecture for Dinov2 {
-    fn precisions(&self) -> &'static [Precision] {
-        &[Precision::F32, Precision::Int8]
-    }
-
     fn logits(
-        &self,
+        model: &Native<Self>,
         g: &mut GraphWiring,
         pixel_values: OutletId,
         precision: Precision,
     ) -> TractResult<OutletId> {
-        let (config, weights) = (&self.config, &self.weights);
+        let (config, weights) = (&model.config, &model.weights);
         let d = config.hidden_size;
         let side = config.side();
         let patches = PatchEmbedding::read(
@@ -164,13 +139,13 @@ impl Architecture for Dinov2 {
         // Resizing to the same grid is an exact identity, so this is transformers' "interpolate unless
         // the grid is the checkpoint's" too.
         let checkpoint_grid = Grid { rows: side, cols: side };
-        let grid = patch_grid(self.input, config.patch_size);
+        let grid = patch_grid(model.input, config.patch_size);
         let patch_positions = if grid == checkpoint_grid {
             patch_positions
         } else {
             bicubic(&patch_positions, d, checkpoint_grid, grid)
         };
-        let mut x = patches.embed(g, pixel_values, self.input, &[cls], Some(&patch_positions))?;
+        let mut x = patches.embed(g, pixel_values, model.input, &[cls], Some(&patch_positions))?;
 
         let encoder = Encoder {
             weights,
@@ -184,7 +159,7 @@ impl Architecture for Dinov2 {
                 norm_after: "norm2",
                 layer_scale: Some(["layer_scale1.lambda1", "layer_scale2.lambda1"]),
             },
-            feed_forward: self.feed_forward,
+            feed_forward: model.checked,
             precision,
         };
         for layer in 0..config.num_hidden_layers {
@@ -205,8 +180,8 @@ impl Architecture for Dinov2 {
         g.linear(
             "head.classifier",
             pooled,
-            weights.get("classifier.weight", &[self.classes, 2 * d])?,
-            Some(weights.get("classifier.bias", &[self.classes])?),
+            weights.get("classifier.weight", &[model.classes, 2 * d])?,
+            Some(weights.get("classifier.bias", &[model.classes])?),
         )
     }
 }

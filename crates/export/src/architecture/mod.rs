@@ -4,13 +4,15 @@
 //! takes) into `logits: f32[N, classes]`; the step from the runtime's `u8` image to `pixel_values`
 //! ([`GraphWiring::pixel_values`]) and the classification outputs after the logits are written once,
 //! around it. Native architectures are chosen by `config.json`'s `architectures[0]` and read the
-//! checkpoint's weights; [`onnx`] takes any ONNX image classifier tract can run.
+//! checkpoint's weights, each family a [`native::NativeConfig`]; [`onnx`] takes any ONNX image
+//! classifier tract can run.
 
 pub mod beit;
 pub mod convnext;
 pub mod deit;
 pub mod dinov2;
 mod encoder;
+mod native;
 pub mod onnx;
 #[cfg(test)]
 pub mod reference;
@@ -62,15 +64,15 @@ type OpenNative = fn(&ModelConfig, &Path, Weights, InputSize) -> Result<Box<dyn 
 
 /// The architectures kiln imports from weights, by `config.json`'s `architectures[0]`.
 const NATIVE: &[(&str, OpenNative)] = &[
-    ("ViTForImageClassification", vit::open),
-    ("DeiTForImageClassification", deit::open),
-    ("DeiTForImageClassificationWithTeacher", deit::open_with_teacher),
-    ("BeitForImageClassification", beit::open),
-    ("Dinov2ForImageClassification", dinov2::open),
-    ("SwinForImageClassification", swin::open),
-    ("ConvNextForImageClassification", convnext::open_v1),
-    ("ConvNextV2ForImageClassification", convnext::open_v2),
-    ("ResNetForImageClassification", resnet::open),
+    ("ViTForImageClassification", native::open::<vit::VitConfig>),
+    ("DeiTForImageClassification", native::open::<deit::DeitClsConfig>),
+    ("DeiTForImageClassificationWithTeacher", native::open::<deit::DeitWithTeacherConfig>),
+    ("BeitForImageClassification", native::open::<beit::BeitConfig>),
+    ("Dinov2ForImageClassification", native::open::<dinov2::Dinov2Config>),
+    ("SwinForImageClassification", native::open::<swin::SwinConfig>),
+    ("ConvNextForImageClassification", native::open::<convnext::ConvNextV1Config>),
+    ("ConvNextV2ForImageClassification", native::open::<convnext::ConvNextV2Config>),
+    ("ResNetForImageClassification", native::open::<resnet::ResNetConfig>),
 ];
 
 /// Whether `config` names an architecture kiln builds from weights.

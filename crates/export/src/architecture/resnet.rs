@@ -5,18 +5,15 @@
 //! batch norm is folded into the convolution before it at export time, so the graph is convolutions,
 //! activations, additions and pooling only.
 
-use std::path::Path;
-
 use serde::Deserialize;
 use tract_core::internal::*;
 use tract_core::ops;
 use tract_core::ops::nn::DataFormat;
 
-use super::{Architecture, InputSize};
-use crate::config::ModelConfig;
+use super::InputSize;
+use super::native::{Native, NativeConfig};
+use crate::Precision;
 use crate::graph::{Activation, BatchNorm, Conv2d, GraphWiring, PoolWindow};
-use crate::weights::Weights;
-use crate::{ExportError, Precision};
 
 /// `nn.BatchNorm2d`'s default epsilon, which transformers' ResNet keeps.
 const BATCH_NORM_EPS: f64 = 1e-5;
@@ -81,8 +78,35 @@ fn default_act() -> String {
     "relu".into()
 }
 
-impl ResNetConfig {
-    fn validate(&self) -> Result<Activation, String> {
+/// One convolution + batch norm (`ResNetConvLayer` or `ResNetShortCut`): where its weights are, its shape.
+struct ConvLayer {
+    /// The module's parameter prefix, holding `convolution` and `normalization`.
+    prefix: String,
+    inputs: usize,
+    outputs: usize,
+    /// Square kernel side; the padding is half of it, as in transformers.
+    kernel: usize,
+    stride: usize,
+}
+
+/// Where one residual layer sits and the shape it maps.
+struct ResidualLayer {
+    stage: usize,
+    layer: usize,
+    inputs: usize,
+    outputs: usize,
+    stride: usize,
+}
+
+/// `ResNetForImageClassification`.
+impl NativeConfig for ResNetConfig {
+    type Checked = Activation;
+
+    /// Convolutions only: kiln's int8 path quantizes linear layers, which a ResNet has but one of.
+    const PRECISIONS: &'static [Precision] = &[Precision::F32];
+
+    /// Any input size works: nothing in a ResNet depends on it.
+    fn validate(&self, _input: InputSize) -> Result<Activation, String> {
         if self.num_channels != 3 {
             return Err(format!("num_channels is {}, only 3 (RGB) is supported", self.num_channels));
         }
@@ -106,63 +130,14 @@ impl ResNetConfig {
         Activation::parse(&self.hidden_act)
             .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))
     }
-}
-
-/// `ResNetForImageClassification` with its weights.
-struct ResNet {
-    config: ResNetConfig,
-    activation: Activation,
-    classes: usize,
-    weights: Weights,
-}
-
-/// Reads a ResNet's hyper-parameters from `config`. Any input size works: nothing in a ResNet depends on it.
-pub fn open(
-    config: &ModelConfig,
-    config_path: &Path,
-    weights: Weights,
-    _input: InputSize,
-) -> Result<Box<dyn Architecture>, ExportError> {
-    let resnet: ResNetConfig = config.parse(config_path)?;
-    let activation = resnet
-        .validate()
-        .map_err(|reason| ExportError::InvalidConfig { path: config_path.to_owned(), reason })?;
-    Ok(Box::new(ResNet { config: resnet, activation, classes: config.id2label.len(), weights }))
-}
-
-/// One convolution + batch norm (`ResNetConvLayer` or `ResNetShortCut`): where its weights are, its shape.
-struct ConvLayer {
-    /// The module's parameter prefix, holding `convolution` and `normalization`.
-    prefix: String,
-    inputs: usize,
-    outputs: usize,
-    /// Square kernel side; the padding is half of it, as in transformers.
-    kernel: usize,
-    stride: usize,
-}
-
-/// Where one residual layer sits and the shape it maps.
-struct ResidualLayer {
-    stage: usize,
-    layer: usize,
-    inputs: usize,
-    outputs: usize,
-    stride: usize,
-}
-
-impl Architecture for ResNet {
-    /// Convolutions only: kiln's int8 path quantizes linear layers, which a ResNet has but one of.
-    fn precisions(&self) -> &'static [Precision] {
-        &[Precision::F32]
-    }
 
     fn logits(
-        &self,
+        model: &Native<Self>,
         g: &mut GraphWiring,
         pixel_values: OutletId,
         _precision: Precision,
     ) -> TractResult<OutletId> {
-        let config = &self.config;
+        let config = &model.config;
         let stem = ConvLayer {
             prefix: "resnet.embedder.embedder".into(),
             inputs: 3,
@@ -170,7 +145,7 @@ impl Architecture for ResNet {
             kernel: 7,
             stride: 2,
         };
-        let x = self.conv_layer(g, "stem.conv", &stem, pixel_values, Some(self.activation))?;
+        let x = model.conv_layer(g, "stem.conv", &stem, pixel_values, Some(model.checked))?;
         let window = PoolWindow { size: 3, stride: 2, padding: 1 };
         let mut x = g.max_pool2d("stem.pool", x, DataFormat::NCHW, window)?;
 
@@ -179,7 +154,7 @@ impl Architecture for ResNet {
             let stride = if stage > 0 || config.downsample_in_first_stage { 2 } else { 1 };
             for layer in 0..depth {
                 let (inputs, stride) = if layer == 0 { (inputs, stride) } else { (outputs, 1) };
-                x = self.residual_layer(g, &ResidualLayer { stage, layer, inputs, outputs, stride }, x)?;
+                x = model.residual_layer(g, &ResidualLayer { stage, layer, inputs, outputs, stride }, x)?;
             }
             inputs = outputs;
         }
@@ -188,13 +163,13 @@ impl Architecture for ResNet {
         g.linear(
             "head.classifier",
             pooled,
-            self.weights.get("classifier.1.weight", &[self.classes, inputs])?,
-            Some(self.weights.get("classifier.1.bias", &[self.classes])?),
+            model.weights.get("classifier.1.weight", &[model.classes, inputs])?,
+            Some(model.weights.get("classifier.1.bias", &[model.classes])?),
         )
     }
 }
 
-impl ResNet {
+impl Native<ResNetConfig> {
     /// A convolution with its batch norm folded in, then `activation` if any.
     fn conv_layer(
         &self,
@@ -265,7 +240,7 @@ impl ResNet {
             x
         };
         let sum = g.binary(&name("residual"), ops::math::add(), h, shortcut)?;
-        g.activation(&name("act"), sum, self.activation)
+        g.activation(&name("act"), sum, self.checked)
     }
 }
 

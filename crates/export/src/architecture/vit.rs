@@ -3,19 +3,17 @@
 //! Mirrors transformers' `ViTForImageClassification` (pre-norm encoder, CLS-token head). Nothing about a
 //! particular size is assumed: every dimension comes from [`VitConfig`].
 
-use std::path::Path;
-
 use serde::Deserialize;
 use tract_core::internal::*;
 
+use super::InputSize;
 use super::encoder::{
     Dimensions, Encoder, FeedForward, LayerNames, PatchEmbedding, QkvBias, require_image_size, token,
 };
-use super::{Architecture, InputSize};
-use crate::config::ModelConfig;
+use super::native::{Native, NativeConfig};
+use crate::Precision;
 use crate::graph::{Activation, GraphWiring};
 use crate::weights::Weights;
-use crate::{ExportError, Precision};
 
 /// The architecture hyper-parameters of a ViT (or DeiT: same keys, same defaults) checkpoint; every field
 /// comes from `config.json`.
@@ -85,15 +83,6 @@ fn default_true() -> bool {
 }
 
 impl VitConfig {
-    /// Checks the config against `input` (which must be `image_size` square: ViT and DeiT do not
-    /// interpolate positions in transformers' pipeline) and returns its activation.
-    pub fn validate(&self, input: InputSize) -> Result<Activation, String> {
-        self.dimensions().validate(input)?;
-        require_image_size(self.image_size, input)?;
-        Activation::parse(&self.hidden_act)
-            .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))
-    }
-
     fn dimensions(&self) -> Dimensions {
         Dimensions {
             channels: self.num_channels,
@@ -157,45 +146,32 @@ impl VitConfig {
     }
 }
 
-/// `ViTForImageClassification` with its weights.
-struct Vit {
-    config: VitConfig,
-    activation: Activation,
-    input: InputSize,
-    classes: usize,
-    weights: Weights,
-}
+/// `ViTForImageClassification`.
+impl NativeConfig for VitConfig {
+    type Checked = Activation;
 
-/// Reads a ViT's hyper-parameters from `config` and checks them against `input`.
-pub fn open(
-    config: &ModelConfig,
-    config_path: &Path,
-    weights: Weights,
-    input: InputSize,
-) -> Result<Box<dyn Architecture>, ExportError> {
-    let vit: VitConfig = config.parse(config_path)?;
-    let activation = vit
-        .validate(input)
-        .map_err(|reason| ExportError::InvalidConfig { path: config_path.to_owned(), reason })?;
-    Ok(Box::new(Vit { config: vit, activation, input, classes: config.id2label.len(), weights }))
-}
+    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8];
 
-impl Architecture for Vit {
-    fn precisions(&self) -> &'static [Precision] {
-        &[Precision::F32, Precision::Int8]
+    /// `input` must be `image_size` square: ViT and DeiT do not interpolate positions in transformers'
+    /// pipeline.
+    fn validate(&self, input: InputSize) -> Result<Activation, String> {
+        self.dimensions().validate(input)?;
+        require_image_size(self.image_size, input)?;
+        Activation::parse(&self.hidden_act)
+            .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))
     }
 
     fn logits(
-        &self,
+        model: &Native<Self>,
         g: &mut GraphWiring,
         pixel_values: OutletId,
         precision: Precision,
     ) -> TractResult<OutletId> {
-        let (config, weights) = (&self.config, &self.weights);
+        let (config, weights) = (&model.config, &model.weights);
         let d = config.hidden_size;
-        let mut x = config.embed(g, weights, "vit", &["cls_token"], self.input, pixel_values)?;
+        let mut x = config.embed(g, weights, "vit", &["cls_token"], model.input, pixel_values)?;
 
-        let encoder = config.encoder(weights, "vit.encoder.layer", self.activation, precision);
+        let encoder = config.encoder(weights, "vit.encoder.layer", model.checked, precision);
         for layer in 0..config.num_hidden_layers {
             x = encoder.layer(g, layer, x, None)?;
         }
@@ -213,8 +189,8 @@ impl Architecture for Vit {
         g.linear(
             "head.classifier",
             cls,
-            weights.get("classifier.weight", &[self.classes, d])?,
-            Some(weights.get("classifier.bias", &[self.classes])?),
+            weights.get("classifier.weight", &[model.classes, d])?,
+            Some(weights.get("classifier.bias", &[model.classes])?),
         )
     }
 }

@@ -10,20 +10,17 @@
 
 mod windows;
 
-use std::path::Path;
-
 use serde::Deserialize;
 use tract_core::internal::*;
 use tract_core::ops;
 use tract_core::ops::array::{Gather, Pad, PadMode, Slice};
 use tract_core::ops::nn::DataFormat;
 
+use super::InputSize;
 use super::encoder::mean_of_tokens;
-use super::{Architecture, InputSize};
-use crate::config::ModelConfig;
+use super::native::{Native, NativeConfig};
+use crate::Precision;
 use crate::graph::{Activation, Conv2d, GraphWiring, dims};
-use crate::weights::Weights;
-use crate::{ExportError, Precision};
 use windows::{WindowLayout, merge_groups};
 
 /// `image_size` / `patch_size`: one side, or `[height, width]`.
@@ -45,7 +42,7 @@ impl Sides {
 
 /// The hyper-parameters of a Swin checkpoint, with transformers' `SwinConfig` defaults.
 #[derive(Debug, Clone, Deserialize)]
-struct SwinConfig {
+pub struct SwinConfig {
     #[serde(default = "default_image_size")]
     image_size: Sides,
     #[serde(default = "default_patch_size")]
@@ -120,13 +117,9 @@ struct Stage {
     blocks: Vec<WindowLayout>,
 }
 
-/// `SwinForImageClassification` with its weights, laid out for one input size.
-struct Swin {
-    config: SwinConfig,
+/// A Swin config checked for one input size: its activation and where its tokens are.
+pub struct Plan {
     activation: Activation,
-    classes: usize,
-    weights: Weights,
-    input: InputSize,
     geometry: Geometry,
 }
 
@@ -137,21 +130,6 @@ struct Geometry {
     /// Patch rows and columns (the input zero-padded to whole patches).
     grid: (usize, usize),
     stages: Vec<Stage>,
-}
-
-/// Reads a Swin's hyper-parameters from `config` and lays its stages out for `input`.
-pub fn open(
-    config: &ModelConfig,
-    config_path: &Path,
-    weights: Weights,
-    input: InputSize,
-) -> Result<Box<dyn Architecture>, ExportError> {
-    let swin: SwinConfig = config.parse(config_path)?;
-    let invalid = |reason: String| ExportError::InvalidConfig { path: config_path.to_owned(), reason };
-    let activation = Activation::parse(&swin.hidden_act)
-        .ok_or_else(|| invalid(format!("unsupported hidden_act {:?}", swin.hidden_act)))?;
-    let geometry = geometry(&swin, input).map_err(invalid)?;
-    Ok(Box::new(Swin { config: swin, activation, classes: config.id2label.len(), weights, input, geometry }))
 }
 
 /// Lays out the patches and stages for `input`, refusing what transformers cannot run.
@@ -210,30 +188,38 @@ fn geometry(config: &SwinConfig, input: InputSize) -> Result<Geometry, String> {
     Ok(Geometry { patch, grid, stages })
 }
 
-impl Architecture for Swin {
-    fn precisions(&self) -> &'static [Precision] {
-        &[Precision::F32, Precision::Int8]
+/// `SwinForImageClassification`.
+impl NativeConfig for SwinConfig {
+    type Checked = Plan;
+
+    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8];
+
+    /// Lays the stages out for `input`.
+    fn validate(&self, input: InputSize) -> Result<Plan, String> {
+        let activation = Activation::parse(&self.hidden_act)
+            .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))?;
+        Ok(Plan { activation, geometry: geometry(self, input)? })
     }
 
     fn logits(
-        &self,
+        model: &Native<Self>,
         g: &mut GraphWiring,
         pixel_values: OutletId,
         precision: Precision,
     ) -> TractResult<OutletId> {
-        let mut x = self.embeddings(g, pixel_values)?;
-        let stages = &self.geometry.stages;
+        let mut x = model.embeddings(g, pixel_values)?;
+        let stages = &model.checked.geometry.stages;
         for (s, stage) in stages.iter().enumerate() {
             for (index, layout) in stage.blocks.iter().enumerate() {
-                x = self.block(g, &Block { stage_index: s, index, stage, layout }, x, precision)?;
+                x = model.block(g, &Block { stage_index: s, index, stage, layout }, x, precision)?;
             }
             if s + 1 < stages.len() {
-                x = self.patch_merging(g, s, stage, x)?;
+                x = model.patch_merging(g, s, stage, x)?;
             }
         }
-        let dim = stages.last().map_or(self.config.embed_dim, |s| s.dim);
-        let w = &self.weights;
-        let eps = self.config.layer_norm_eps as f32;
+        let dim = stages.last().map_or(model.config.embed_dim, |s| s.dim);
+        let w = &model.weights;
+        let eps = model.config.layer_norm_eps as f32;
         let x = g.layer_norm(
             "head.ln",
             x,
@@ -245,18 +231,18 @@ impl Architecture for Swin {
         g.linear(
             "head.classifier",
             pooled,
-            w.get("classifier.weight", &[self.classes, dim])?,
-            Some(w.get("classifier.bias", &[self.classes])?),
+            w.get("classifier.weight", &[model.classes, dim])?,
+            Some(w.get("classifier.bias", &[model.classes])?),
         )
     }
 }
 
-impl Swin {
+impl Native<SwinConfig> {
     /// `pixel_values` -> `[N, patches, embed_dim]`: the patch convolution on the input zero-padded to whole
     /// patches (bottom and right), its layer norm, and the absolute position embeddings if any.
     fn embeddings(&self, g: &mut GraphWiring, pixel_values: OutletId) -> TractResult<OutletId> {
-        let (ph, pw) = self.geometry.patch;
-        let (gh, gw) = self.geometry.grid;
+        let (ph, pw) = self.checked.geometry.patch;
+        let (gh, gw) = self.checked.geometry.grid;
         let d = self.config.embed_dim;
         let mut x = pixel_values;
         let (bottom, right) = (gh * ph - self.input.height, gw * pw - self.input.width);
@@ -329,7 +315,7 @@ impl Swin {
             w("intermediate.dense.weight", &[m, d])?,
             Some(w("intermediate.dense.bias", &[m])?),
         )?;
-        let h = g.activation(&name("mlp.act"), h, self.activation)?;
+        let h = g.activation(&name("mlp.act"), h, self.checked.activation)?;
         let h = g.linear_in(
             precision,
             &name("mlp.down"),
@@ -508,8 +494,10 @@ fn zero_pad(pads: Vec<(usize, usize)>) -> Pad {
 mod tests {
     use artifact::ResizeMode;
 
+    use super::super::native::open;
     use super::super::reference::{CheckError, LOGIT_TOLERANCE, check_f32_logits, check_int8_top1, fixtures};
     use super::*;
+    use crate::weights::Weights;
     use crate::{ExportRequest, Source, export};
 
     type TestResult = Result<(), CheckError>;
@@ -564,7 +552,7 @@ mod tests {
         let weights = Weights::safetensors(&source.model_file)?;
         // 32 / 4 = 8 patches, then 4, then 2 < window_size 3.
         let input = InputSize { height: 32, width: 32 };
-        let error = match open(&source.config, &source.config_file, weights, input) {
+        let error = match open::<SwinConfig>(&source.config, &source.config_file, weights, input) {
             Ok(_) => return Err("a 2x2 stage with 3x3 windows was accepted".into()),
             Err(error) => error.to_string(),
         };

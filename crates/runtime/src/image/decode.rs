@@ -154,6 +154,7 @@ fn decode_png(bytes: &[u8], limits: &ImageLimits, decoder: Decoder) -> Result<Rg
     // 16-bit grayscale (IHDR bit depth 16, colour type 0) with a tRNS chunk also decodes to gray + alpha,
     // but Pillow opens it as `I;16`.
     let gray = bytes.get(24..26) == Some(&[16, 0]);
+    check_png_palette(bytes)?;
     let image = DynamicImage::from_decoder(png).map_err(|error| image_error(FORMAT, error))?;
     Ok(match image {
         // Pillow opens 16-bit PNGs with raw modes that keep the high byte of each sample (`RGB;16B`,
@@ -182,11 +183,7 @@ fn decode_png(bytes: &[u8], limits: &ImageLimits, decoder: Decoder) -> Result<Rg
 fn png_colour_key(bytes: &[u8]) -> Option<[u8; 3]> {
     let (bit_depth, colour_type) = (*bytes.get(24)?, *bytes.get(25)?);
     let mut palette: &[u8] = &[];
-    let mut rest = bytes.get(PNG_MAGIC.len()..)?;
-    while rest.len() >= 12 {
-        let length = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
-        let kind = &rest[4..8];
-        let data = rest.get(8..8usize.checked_add(length)?)?;
+    for (kind, data) in png_chunks(bytes) {
         match kind {
             b"PLTE" => palette = data,
             b"tRNS" => {
@@ -212,9 +209,52 @@ fn png_colour_key(bytes: &[u8]) -> Option<[u8; 3]> {
             b"IDAT" => return None,
             _ => {}
         }
-        rest = rest.get(12 + length..)?;
     }
     None
+}
+
+/// Refuses the palettes the `png` crate would panic on (0.18.1, `create_rgba_palette`, found by fuzzing):
+/// a PLTE that is not whole RGB entries, or a tRNS with more entries than the palette. Both break the
+/// PNG specification; Pillow reads such files anyway, kiln says what is wrong with them.
+fn check_png_palette(bytes: &[u8]) -> Result<(), InstanceError> {
+    const INDEXED: u8 = 3;
+    if bytes.get(25) != Some(&INDEXED) {
+        return Ok(());
+    }
+    let corrupt = |detail: String| InstanceError::Corrupt { format: "PNG", detail };
+    let mut entries = None;
+    for (kind, data) in png_chunks(bytes) {
+        match kind {
+            b"PLTE" if !data.len().is_multiple_of(3) => {
+                return Err(corrupt(format!("PLTE chunk of {} bytes is not whole RGB entries", data.len())));
+            }
+            b"PLTE" => entries = Some(data.len() / 3),
+            b"tRNS" if entries.is_some_and(|entries| data.len() > entries) => {
+                return Err(corrupt(format!(
+                    "tRNS chunk has {} entries for a palette of {}",
+                    data.len(),
+                    entries.unwrap_or_default()
+                )));
+            }
+            b"IDAT" => break,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A PNG's chunks (kind, data) in file order, up to the first one that is cut short.
+fn png_chunks(bytes: &[u8]) -> impl Iterator<Item = (&[u8; 4], &[u8])> {
+    let mut rest = bytes.get(PNG_MAGIC.len()..).unwrap_or_default();
+    std::iter::from_fn(move || {
+        let (header, after) = rest.split_first_chunk::<8>()?;
+        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = header.last_chunk::<4>()?;
+        let data = after.get(..length)?;
+        // Data, then a 4-byte CRC.
+        rest = after.get(length.checked_add(4)?..).unwrap_or_default();
+        Some((kind, data))
+    })
 }
 
 /// The same image with every 16-bit sample reduced to its high byte.
@@ -408,6 +448,36 @@ mod tests {
             }
         }
         !crc
+    }
+
+    /// `png` with a chunk of `kind` holding `data` inserted before its first IDAT.
+    fn with_chunk_before_idat(png: &[u8], kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let idat = png.windows(4).position(|w| w == b"IDAT").expect("an IDAT chunk") - 4;
+        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(kind);
+        chunk.extend_from_slice(data);
+        chunk.extend_from_slice(&crc32(&chunk[4..]).to_be_bytes());
+        [&png[..idat], &chunk, &png[idat..]].concat()
+    }
+
+    #[test]
+    fn indexed_pngs_whose_palette_would_panic_the_png_crate_are_corrupt() -> TestResult {
+        let corrupt = |bytes: &[u8]| match pillow(bytes) {
+            Err(InstanceError::Corrupt { format: "PNG", detail }) => detail,
+            other => panic!("not refused as a corrupt PNG: {other:?}"),
+        };
+        // Found by `cargo xtask fuzz --target image_prepare --seeds png`: 16 entries and one byte.
+        let detail = corrupt(include_bytes!("testdata/fuzz/plte-49-bytes.png"));
+        assert!(detail.contains("PLTE chunk of 49 bytes"), "{detail}");
+        let palette = include_bytes!("testdata/formats/palette4.png");
+        let entries = png_chunks(palette).find(|(kind, _)| *kind == b"PLTE").ok_or("no PLTE")?.1.len() / 3;
+        let detail = corrupt(&with_chunk_before_idat(palette, b"tRNS", &vec![255; entries + 1]));
+        assert!(
+            detail.contains(&format!("tRNS chunk has {} entries for a palette of {entries}", entries + 1))
+        );
+        // As many alpha values as entries is valid.
+        pillow(&with_chunk_before_idat(palette, b"tRNS", &vec![255; entries]))?;
+        Ok(())
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! loopback ports picked at run time, REST (reqwest) and gRPC (tonic, kiln's own .proto types) clients,
 //! SIGTERM draining, and the bad-input table of crates/serve/README.md.
 
+#[path = "../crates/serve/tests/support/raw_codec.rs"]
+mod raw_codec;
+
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::ExitStatus;
@@ -11,6 +14,7 @@ use anyhow::{Context, ensure};
 use base64::Engine as _;
 use kiln_e2e::{KilnServer, Reference, export, fixture, kiln_binary};
 use prost::Message as _;
+use raw_codec::RawCodec;
 use serde_json::{Value, json};
 use serve::proto::tensorflow::serving::model_service_client::ModelServiceClient;
 use serve::proto::tensorflow::serving::prediction_service_client::PredictionServiceClient;
@@ -542,8 +546,8 @@ fn request_cases(good: &str, small: &str) -> anyhow::Result<Vec<RequestCase>> {
             rest_status: 400,
             rest_message: "JSON Parse error: expected value at offset: 21".into(),
             grpc: Some(GrpcSend::Raw(vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01])),
-            grpc_code: Code::Internal,
-            grpc_message: "failed to decode Protobuf message".into(),
+            grpc_code: Code::InvalidArgument,
+            grpc_message: "the message is not a valid protobuf PredictRequest: failed to decode Protobuf message".into(),
         },
         RequestCase {
             name: "deeply nested JSON",
@@ -585,45 +589,6 @@ async fn raw_predict(channel: Channel, message: Vec<u8>) -> Result<Vec<u8>, toni
     let path =
         tonic::codegen::http::uri::PathAndQuery::from_static("/tensorflow.serving.PredictionService/Predict");
     Ok(grpc.unary(tonic::Request::new(message), path, RawCodec).await?.into_inner())
-}
-
-/// A codec that passes message bytes through untouched, to send what no protobuf encoder would.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let remaining = bytes::Buf::remaining(src);
-        Ok(Some(bytes::Buf::copy_to_bytes(src, remaining).to_vec()))
-    }
 }
 
 /// A slow-loris client on the REST port: request headers trickled a line every 200 ms. Returns how

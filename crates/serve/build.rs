@@ -13,7 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     let protos: Vec<PathBuf> = PROTOS.iter().map(|p| proto_dir.join(p)).collect();
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_with_config(
+    // kiln's codec answers INVALID_ARGUMENT, not INTERNAL, for a body that is not protobuf (src/codec.rs).
+    let services = tonic_prost_build::configure().codec_path("crate::codec::ProtobufCodec");
+    services.build_client(true).build_server(true).compile_with_config(
         config,
         &protos,
         &[proto_dir.clone(), google_include],

@@ -22,6 +22,10 @@ pub struct KilnServer {
     grpc_port: u16,
     rest_port: u16,
     log: Arc<Mutex<String>>,
+    /// `http`, or what [`KilnServer::start_with`] was given.
+    scheme: &'static str,
+    /// The client readiness is polled with (it trusts the server's CA when TLS is on).
+    http: reqwest::Client,
 }
 
 impl KilnServer {
@@ -29,10 +33,25 @@ impl KilnServer {
     /// and waits until `/readyz` answers 200. `kiln serve`, like TF Serving, reads port 0 as "disabled",
     /// so the ports are picked here; a lost race shows as "cannot listen on" and is retried.
     pub async fn start(kiln: &Path, model: &str, base: &Path, extra: &[&str]) -> anyhow::Result<KilnServer> {
+        Self::start_with(kiln, model, base, extra, reqwest::Client::new(), "http").await
+    }
+
+    /// [`KilnServer::start`] for a server whose ports speak `scheme` (`https` with `--ssl_config_file`),
+    /// polling `/readyz` with `http`, a client that trusts the server's certificate.
+    pub async fn start_with(
+        kiln: &Path,
+        model: &str,
+        base: &Path,
+        extra: &[&str],
+        http: reqwest::Client,
+        scheme: &'static str,
+    ) -> anyhow::Result<KilnServer> {
         let mut last_log = String::new();
         for _attempt in 0..PORT_ATTEMPTS {
             let (grpc_port, rest_port) = free_ports()?;
             let mut server = Self::spawn(kiln, model, base, extra, grpc_port, rest_port)?;
+            server.scheme = scheme;
+            server.http = http.clone();
             if server.wait_ready().await? {
                 return Ok(server);
             }
@@ -92,14 +111,14 @@ impl KilnServer {
                     .push_str(&String::from_utf8_lossy(&buffer[..n]));
             }
         });
-        Ok(KilnServer { child, grpc_port, rest_port, log })
+        Ok(KilnServer { child, grpc_port, rest_port, log, scheme: "http", http: reqwest::Client::new() })
     }
 
     /// Polls `/readyz`; false if the process exited first.
     async fn wait_ready(&mut self) -> anyhow::Result<bool> {
         let started = Instant::now();
         let url = format!("{}/readyz", self.rest_url());
-        let http = reqwest::Client::new();
+        let http = self.http.clone();
         while started.elapsed() < READY_WAIT {
             if !self.is_running()? {
                 return Ok(false);
@@ -114,14 +133,14 @@ impl KilnServer {
         bail!("kiln serve was not ready after {READY_WAIT:?}:\n{}", self.log())
     }
 
-    /// `http://127.0.0.1:<REST port>`.
+    /// `http://127.0.0.1:<REST port>` (`https` with TLS).
     pub fn rest_url(&self) -> String {
-        format!("http://{}", self.rest_addr())
+        format!("{}://{}", self.scheme, self.rest_addr())
     }
 
-    /// `http://127.0.0.1:<gRPC port>`, as tonic wants it.
+    /// `http://127.0.0.1:<gRPC port>` (`https` with TLS), as tonic wants it.
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc_addr())
+        format!("{}://{}", self.scheme, self.grpc_addr())
     }
 
     /// `127.0.0.1:<REST port>`, for raw TCP clients.

@@ -51,6 +51,11 @@ pub struct Args {
     /// what a long-running server would leak.
     #[arg(long, default_value_t = 64)]
     max_rss_growth_mib: u64,
+    /// Largest allowed growth of the server's resident memory from after the first version swap to
+    /// after the last, in MiB: each swap loads a model and unloads one, so this stays flat unless
+    /// versions leave something behind (threads, allocator arenas, the old graph).
+    #[arg(long, default_value_t = 16)]
+    max_swap_rss_growth_mib: u64,
 }
 
 /// Runs `cargo xtask soak` as parsed into `args`.
@@ -382,6 +387,7 @@ async fn soak(
     let swaps = {
         let (kiln, checkpoint, base) = (kiln.to_path_buf(), checkpoint.to_path_buf(), base.to_path_buf());
         let count = args.swaps;
+        let (http, rest_url) = (http.clone(), rest_url.clone());
         tokio::task::spawn(async move {
             let mut swaps = Vec::new();
             for swap in 1..=count {
@@ -391,7 +397,13 @@ async fn soak(
                 let exported =
                     tokio::task::spawn_blocking(move || kiln_export(&kiln, &checkpoint, &base, &[])).await?;
                 let dir = exported.context("exporting a new version mid-soak")?;
-                swaps.push(Swap { started: at, published: started.elapsed(), dir });
+                let published = started.elapsed();
+                let version = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok());
+                let version =
+                    version.with_context(|| format!("{} is not a version directory", dir.display()))?;
+                let swapped = wait_for_swap(&http, &rest_url, version).await?;
+                let rss = rss_kib(pid)?;
+                swaps.push(Swap { started: at, published, swapped, rss, dir });
             }
             anyhow::Ok(swaps)
         })
@@ -569,6 +581,32 @@ impl Client {
     }
 }
 
+/// Waits until `version` is the only version of the served model left (available, the previous one
+/// unloaded) and returns when that was seen, from the start of the wait.
+async fn wait_for_swap(http: &reqwest::Client, rest_url: &str, version: u64) -> anyhow::Result<Duration> {
+    let url = format!("{rest_url}/v1/models/{MODEL}");
+    let waited = Instant::now();
+    let mut last = String::new();
+    while waited.elapsed() < Duration::from_secs(60) {
+        if let Ok(response) = http.get(&url).send().await {
+            last = response.text().await.unwrap_or_default();
+            let status: serde_json::Value = serde_json::from_str(&last).unwrap_or_default();
+            let live: Vec<(&str, &str)> = status["model_version_status"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| Some((v["version"].as_str()?, v["state"].as_str()?)))
+                .filter(|&(_, state)| state != "END")
+                .collect();
+            if live == [(version.to_string().as_str(), "AVAILABLE")] {
+                return Ok(waited.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("version {version} did not replace the served one within 60 s; last status: {last}")
+}
+
 /// `VmRSS` of a process in KiB, from `/proc/<pid>/status`.
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -584,6 +622,10 @@ struct Swap {
     started: Duration,
     /// When the export had published the version.
     published: Duration,
+    /// How long after publishing the server served only this version.
+    swapped: Duration,
+    /// The server's `VmRSS` in KiB at that moment.
+    rss: u64,
     dir: PathBuf,
 }
 
@@ -662,6 +704,12 @@ impl Report {
         versions
     }
 
+    /// RSS after the last swap minus RSS after the first, in KiB.
+    fn swap_rss_growth_kib(&self) -> Option<i64> {
+        let (first, last) = (self.swaps.first()?, self.swaps.last()?);
+        Some(last.rss as i64 - first.rss as i64)
+    }
+
     fn verdict(&self, args: &Args) -> anyhow::Result<()> {
         let tally = self.tally();
         let growth_kib = self.rss_end.saturating_sub(self.rss_start);
@@ -680,6 +728,15 @@ impl Report {
                 "RSS grew {} MiB, above the bound of {} MiB",
                 growth_kib / 1024,
                 args.max_rss_growth_mib
+            ));
+        }
+        if let Some(growth_kib) = self.swap_rss_growth_kib()
+            && growth_kib > args.max_swap_rss_growth_mib as i64 * 1024
+        {
+            failures.push(format!(
+                "RSS grew {} MiB from the first version swap to the last, above the bound of {} MiB",
+                growth_kib / 1024,
+                args.max_swap_rss_growth_mib
             ));
         }
         if let Some(last) = self.swaps.last() {
@@ -752,10 +809,24 @@ impl fmt::Display for Report {
         for swap in &self.swaps {
             writeln!(
                 f,
-                "version swap: export started at {:.1} s, published {} at {:.1} s",
+                "version swap: export started at {:.1} s, published {} at {:.1} s, served alone {:.1} s later, RSS {:.1} MiB",
                 swap.started.as_secs_f64(),
                 swap.dir.display(),
-                swap.published.as_secs_f64()
+                swap.published.as_secs_f64(),
+                swap.swapped.as_secs_f64(),
+                swap.rss as f64 / 1024.0
+            )?;
+        }
+        if let (Some(first), Some(last), Some(growth)) =
+            (self.swaps.first(), self.swaps.last(), self.swap_rss_growth_kib())
+        {
+            writeln!(
+                f,
+                "RSS after swap 1: {:.1} MiB, after swap {}: {:.1} MiB; growth {:+.1} MiB",
+                first.rss as f64 / 1024.0,
+                self.swaps.len(),
+                last.rss as f64 / 1024.0,
+                growth as f64 / 1024.0
             )?;
         }
         writeln!(f, "gRPC answers by version: {:?}", self.grpc_versions())?;

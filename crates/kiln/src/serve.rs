@@ -65,6 +65,24 @@ pub struct ServeArgs {
     /// Largest REST request body in bytes (compressed or inflated); larger bodies get 413.
     #[arg(long = "rest_api_max_body_bytes", default_value_t = ::serve::DEFAULT_MAX_BODY_BYTES)]
     rest_api_max_body_bytes: usize,
+    /// TF Serving SSLConfig (text format, PEM contents inline): TLS on both ports, mutual TLS with
+    /// `client_verify: true`; re-read every few seconds, so certificates rotate without a restart.
+    #[arg(long = "ssl_config_file")]
+    ssl_config_file: Option<PathBuf>,
+    /// File of bearer tokens (one per line; blank lines and `#` comments ignored), re-read when it
+    /// changes: REST then needs `Authorization: Bearer <token>`, gRPC `authorization` metadata; /healthz,
+    /// /readyz and the gRPC health service stay open.
+    #[arg(long = "auth_token_file")]
+    auth_token_file: Option<PathBuf>,
+    /// Serve the Prometheus metrics without a bearer token (with --auth_token_file).
+    #[arg(long = "allow_unauthenticated_metrics", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    allow_unauthenticated_metrics: bool,
+    /// Let gRPC HandleReloadConfigRequest replace the served models (off: PERMISSION_DENIED).
+    #[arg(long = "enable_model_management", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    enable_model_management: bool,
+    /// Directory every base path in a HandleReloadConfigRequest must resolve under.
+    #[arg(long = "model_root")]
+    model_root: Option<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -112,12 +130,23 @@ fn options(args: &ServeArgs) -> anyhow::Result<ServerOptions> {
     options.max_body_bytes = args.rest_api_max_body_bytes;
     options.cors = args.rest_api_enable_cors_support;
     options.warmup = args.enable_model_warmup;
+    options.ssl_config_file = args.ssl_config_file.clone();
     options.batching = match (args.enable_batching, &args.batching_parameters_file) {
         (false, Some(_)) => bail!("--batching_parameters_file requires --enable_batching"),
         (false, None) => None,
         (true, Some(file)) => Some(::serve::read_batching_parameters(file)?),
         (true, None) => Some(::serve::BatchingParameters::default()),
     };
+    if args.allow_unauthenticated_metrics && args.auth_token_file.is_none() {
+        bail!("--allow_unauthenticated_metrics only has a meaning with --auth_token_file");
+    }
+    if args.model_root.is_some() && !args.enable_model_management {
+        bail!("--model_root only has a meaning with --enable_model_management");
+    }
+    options.auth_token_file = args.auth_token_file.clone();
+    options.allow_unauthenticated_metrics = args.allow_unauthenticated_metrics;
+    options.enable_model_management = args.enable_model_management;
+    options.model_root = args.model_root.clone();
     if let Some(file) = &args.monitoring_config_file {
         options.monitoring = ::serve::read_monitoring_config(file)?;
     }

@@ -1,11 +1,13 @@
 //! The compiled graph of an artifact and the batch inference around it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use artifact::{Artifact, Manifest};
+use rayon::ThreadPoolBuilder;
 use tract_core::internal::{Symbol, TDim};
 use tract_core::model::translator::Translate;
 use tract_core::prelude::*;
@@ -21,7 +23,8 @@ const BATCH_SYMBOL: &str = "N";
 pub struct RuntimeOptions {
     /// Limits applied to every input image before decoding.
     pub limits: ImageLimits,
-    /// Threads each matrix multiplication may use (1 = run on the calling thread only).
+    /// Threads each matrix multiplication may use (1 = run on the calling thread only). Every model
+    /// with the same count runs on one pool of that many threads for the whole process.
     pub threads: usize,
     /// Largest batch handed to the graph at once; bigger requests are split, bounding memory.
     pub max_batch: usize,
@@ -56,6 +59,14 @@ pub enum RuntimeError {
     /// The graph ran but failed or produced outputs that break the artifact's contract.
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The engine's thread pool could not be started (the OS refused the threads).
+    #[error("cannot start the engine's {threads}-thread pool: {reason}")]
+    ThreadPool {
+        /// Threads the pool was to have.
+        threads: usize,
+        /// rayon's explanation.
+        reason: String,
+    },
 }
 
 /// One image's classification.
@@ -126,12 +137,7 @@ impl Model {
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(graph_error)?;
-        // One thread means the calling thread: tract hands a one-thread pool's matmuls to rayon's
-        // global pool, which has a thread per core.
-        let executor = match options.threads {
-            0 | 1 => Executor::SingleThread,
-            threads => Executor::multithread(threads),
-        };
+        let executor = engine_executor(options.threads)?;
         Ok(Model { dir, manifest, plan, confidence_slot, class_slot, executor, options })
     }
 
@@ -188,15 +194,19 @@ impl Model {
                 image.height()
             )));
         }
-        let threads = self.options.threads.max(1).min(images.len());
-        if threads <= 1 {
-            return multithread_tract_scope(self.executor.clone(), || {
-                images.iter().map(|image| self.infer_one(image)).collect()
-            });
-        }
+        let pool = match &self.executor {
+            Executor::MultiThread(pool) if images.len() > 1 => pool,
+            _ => {
+                return multithread_tract_scope(self.executor.clone(), || {
+                    images.iter().map(|image| self.infer_one(image)).collect()
+                });
+            }
+        };
         let next = AtomicUsize::new(0);
         let mut slots: Vec<Option<Result<Prediction, RuntimeError>>> = images.iter().map(|_| None).collect();
-        let done: Vec<Vec<(usize, Result<Prediction, RuntimeError>)>> = std::thread::scope(|scope| {
+        // Each of the pool's threads takes images until none is left; a panic loses only the images
+        // its thread had taken.
+        let done: Vec<Vec<(usize, Result<Prediction, RuntimeError>)>> = pool.broadcast(|_| {
             let work = || {
                 multithread_tract_scope(Executor::SingleThread, || {
                     let mut done = vec![];
@@ -207,10 +217,7 @@ impl Model {
                     }
                 })
             };
-            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
-            let mut all = vec![work()];
-            all.extend(helpers.into_iter().map(|h| h.join().unwrap_or_default()));
-            all
+            std::panic::catch_unwind(AssertUnwindSafe(work)).unwrap_or_default()
         });
         for (index, outcome) in done.into_iter().flatten() {
             slots[index] = Some(outcome);
@@ -248,5 +255,73 @@ impl Model {
                 ))
             })?;
         Ok(Prediction { label: label.clone(), class_index: class as usize, confidence })
+    }
+}
+
+/// The engine's executor for `threads` threads: one rayon pool per thread count for the whole process,
+/// shared by every [`Model`], so loading a new version starts no threads (and, with glibc, no new malloc
+/// arenas) and unloading one stops none. One thread means the calling thread: tract would hand a
+/// one-thread pool's matmuls to rayon's global pool, which has a thread per core.
+fn engine_executor(threads: usize) -> Result<Executor, RuntimeError> {
+    static POOLS: Mutex<BTreeMap<usize, Executor>> = Mutex::new(BTreeMap::new());
+    if threads <= 1 {
+        return Ok(Executor::SingleThread);
+    }
+    // A panic while holding the lock cannot leave the map half-updated (one insert).
+    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(executor) = pools.get(&threads) {
+        return Ok(executor.clone());
+    }
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |index| format!("kiln-engine{threads}-{index}"))
+        .build()
+        .map_err(|e| RuntimeError::ThreadPool { threads, reason: e.to_string() })?;
+    let executor = Executor::MultiThread(Arc::new(pool));
+    pools.insert(threads, executor.clone());
+    Ok(executor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// Threads of this process whose name starts with `prefix`, from `/proc/self/task/*/comm`.
+    fn threads_named(prefix: &str) -> std::io::Result<usize> {
+        let mut count = 0;
+        for task in std::fs::read_dir("/proc/self/task")? {
+            // A thread that exited between the listing and the read has no name to match.
+            if let Ok(name) = std::fs::read_to_string(task?.path().join("comm"))
+                && name.starts_with(prefix)
+            {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// The count of threads is what a version swap must not grow: models loaded one after the other,
+    /// with the earlier ones dropped or kept, all run on the same pool.
+    #[test]
+    fn models_with_the_same_thread_count_share_one_pool() -> TestResult {
+        // Three threads: no other test in this crate asks for that count, so these threads are ours.
+        let first = engine_executor(3)?;
+        let second = engine_executor(3)?;
+        let (Executor::MultiThread(a), Executor::MultiThread(b)) = (&first, &second) else {
+            return Err("a 3-thread executor is not a pool".into());
+        };
+        assert!(Arc::ptr_eq(a, b), "a second model got its own pool");
+        // Every thread has run once, so each has its name.
+        a.broadcast(|_| ());
+        assert_eq!(threads_named("kiln-engine3-")?, 3);
+        drop((first, second));
+        let third = engine_executor(3)?;
+        let Executor::MultiThread(c) = &third else { return Err("not a pool".into()) };
+        c.broadcast(|_| ());
+        assert_eq!(threads_named("kiln-engine3-")?, 3, "dropping every model stopped or started threads");
+        assert!(matches!(engine_executor(1)?, Executor::SingleThread));
+        Ok(())
     }
 }

@@ -160,30 +160,24 @@ impl Default for MonitoringConfig {
 pub fn read_model_config(path: &Path) -> Result<Vec<ModelConfig>, ConfigError> {
     let file = ConfigFile::read(path)?;
     file.only(&file.root, &["model_config_list"])?;
-    let mut models: Vec<ModelConfig> = Vec::new();
+    let mut configs = Vec::new();
     for list in file.messages(&file.root, "model_config_list")? {
         file.only(list, &["config"])?;
-        for config in file.messages(list, "config")? {
-            let model = file.model(config)?;
-            if models.iter().any(|m| m.name == model.name) {
-                return Err(file.field_error(
-                    config.fields.first(),
-                    "name",
-                    format!("model `{}` is configured twice", model.name),
-                ));
-            }
-            models.push(model);
-        }
+        configs.extend(file.messages(list, "config")?);
     }
-    if models.is_empty() {
-        return Err(ConfigError::Field {
-            path: path.to_owned(),
-            line: 0,
-            field: "model_config_list".into(),
-            reason: "no model is configured".into(),
+    let models = configs.iter().map(|config| file.model(config)).collect::<Result<_, _>>()?;
+    check_models(models).map_err(|error| {
+        let config = error.model.and_then(|index| configs.get(index));
+        // The rule's own field, or the policy that holds it, or the model's first line.
+        let field = config.and_then(|c| {
+            let policy = error.field == "specific";
+            c.fields
+                .iter()
+                .rfind(|f| f.name == error.field || (policy && f.name == "model_version_policy"))
+                .or(c.fields.first())
         });
-    }
-    Ok(models)
+        file.field_error(field, error.field, error.reason)
+    })
 }
 
 /// Reads a `--batching_parameters_file`; unset fields keep [`BatchingParameters::default`].
@@ -296,13 +290,13 @@ pub fn read_monitoring_config(path: &Path) -> Result<MonitoringConfig, ConfigErr
 }
 
 /// A parsed file and its path, for errors that name both.
-struct ConfigFile {
+pub(crate) struct ConfigFile {
     path: PathBuf,
-    root: TextMessage,
+    pub(crate) root: TextMessage,
 }
 
 impl ConfigFile {
-    fn read(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let root = textproto::parse(&text).map_err(|e| ConfigError::Syntax {
@@ -314,7 +308,7 @@ impl ConfigFile {
         Ok(ConfigFile { path: path.to_owned(), root })
     }
 
-    fn field_error(&self, field: Option<&TextField>, name: &str, reason: String) -> ConfigError {
+    pub(crate) fn field_error(&self, field: Option<&TextField>, name: &str, reason: String) -> ConfigError {
         ConfigError::Field {
             path: self.path.clone(),
             line: field.map_or(0, |f| f.line),
@@ -324,7 +318,7 @@ impl ConfigFile {
     }
 
     /// Rejects fields outside `known`, naming the first.
-    fn only(&self, message: &TextMessage, known: &[&str]) -> Result<(), ConfigError> {
+    pub(crate) fn only(&self, message: &TextMessage, known: &[&str]) -> Result<(), ConfigError> {
         match message.fields.iter().find(|f| !known.contains(&f.name.as_str())) {
             Some(field) => Err(self.field_error(
                 Some(field),
@@ -360,7 +354,7 @@ impl ConfigFile {
         Ok(self.messages(message, name)?.pop())
     }
 
-    fn string(&self, field: &TextField) -> Result<String, ConfigError> {
+    pub(crate) fn string(&self, field: &TextField) -> Result<String, ConfigError> {
         match &field.value {
             TextValue::Str(s) => Ok(s.clone()),
             other => Err(self.field_error(
@@ -386,7 +380,7 @@ impl ConfigFile {
         }
     }
 
-    fn boolean(&self, field: &TextField) -> Result<bool, ConfigError> {
+    pub(crate) fn boolean(&self, field: &TextField) -> Result<bool, ConfigError> {
         match &field.value {
             TextValue::Word(w) if w == "true" || w == "1" => Ok(true),
             TextValue::Word(w) if w == "false" || w == "0" => Ok(false),
@@ -398,28 +392,19 @@ impl ConfigFile {
         }
     }
 
-    fn model(&self, config: &TextMessage) -> Result<ModelConfig, ConfigError> {
+    /// A `config { ... }` message's fields, type-checked; kiln's rules come after, in [`check_models`].
+    fn model(&self, config: &TextMessage) -> Result<ModelFields, ConfigError> {
         self.only(
             config,
             &["name", "base_path", "model_platform", "model_version_policy", "version_labels"],
         )?;
-        let mut name = None;
-        let mut base_path = None;
-        let mut policy = VersionPolicy::default();
-        let mut labels = BTreeMap::new();
+        let mut model = ModelFields::default();
         for field in &config.fields {
             match field.name.as_str() {
-                "name" => name = Some(self.string(field)?),
-                "base_path" => base_path = Some(self.string(field)?),
-                "model_platform" => {
-                    let platform = self.string(field)?;
-                    if !["tensorflow", "kiln"].contains(&platform.as_str()) {
-                        let reason =
-                            format!("`{platform}` is not served by kiln (use `tensorflow` or `kiln`)");
-                        return Err(self.field_error(Some(field), "model_platform", reason));
-                    }
-                }
-                "model_version_policy" => policy = self.policy(field)?,
+                "name" => model.name = self.string(field)?,
+                "base_path" => model.base_path = self.string(field)?,
+                "model_platform" => model.platform = Some(self.string(field)?),
+                "model_version_policy" => model.policy = self.policy(field)?,
                 _ => {
                     let TextValue::Message(entry) = &field.value else {
                         return Err(self.field_error(
@@ -437,38 +422,23 @@ impl ConfigFile {
                         .rfind(|f| f.name == "value")
                         .map(|f| self.number(f))
                         .transpose()?;
-                    match (key, value) {
-                        (Some(key), Some(value)) if !key.is_empty() => {
-                            labels.insert(key, value);
-                        }
-                        _ => {
-                            return Err(self.field_error(
-                                Some(field),
-                                "version_labels",
-                                "needs a non-empty key and a value".into(),
-                            ));
-                        }
-                    }
+                    let (Some(key), Some(value)) = (key, value) else {
+                        return Err(self.field_error(Some(field), "version_labels", LABEL_RULE.into()));
+                    };
+                    model.labels.push((key, value));
                 }
             }
         }
-        let first = config.fields.first();
-        let name = name
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| self.field_error(first, "name", "a model needs a name".into()))?;
-        let base_path = base_path.filter(|p| !p.is_empty()).ok_or_else(|| {
-            self.field_error(first, "base_path", format!("model `{name}` needs a base_path"))
-        })?;
-        Ok(ModelConfig { name, base_path: base_path.into(), policy, labels })
+        Ok(model)
     }
 
-    fn policy(&self, field: &TextField) -> Result<VersionPolicy, ConfigError> {
+    fn policy(&self, field: &TextField) -> Result<Option<PolicyFields>, ConfigError> {
         let TextValue::Message(policy) = &field.value else {
             return Err(self.field_error(Some(field), "model_version_policy", "expected a message".into()));
         };
         self.only(policy, &["latest", "all", "specific"])?;
         let Some(choice) = policy.fields.last() else {
-            return Ok(VersionPolicy::default());
+            return Ok(None);
         };
         let TextValue::Message(inner) = &choice.value else {
             return Err(self.field_error(Some(choice), &choice.name, "expected a message".into()));
@@ -482,23 +452,120 @@ impl ConfigFile {
                     .rfind(|f| f.name == "num_versions")
                     .map(|f| self.number(f))
                     .transpose()?;
-                // num_versions 0 (or absent) means the default, 1, as in TF.
-                Ok(VersionPolicy::Latest(n.filter(|&n| n > 0).map_or(1, |n| n as usize)))
+                Ok(Some(PolicyFields::Latest(n.unwrap_or(0))))
             }
             "all" => {
                 self.only(inner, &[])?;
-                Ok(VersionPolicy::All)
+                Ok(Some(PolicyFields::All))
             }
             _ => {
                 self.only(inner, &["versions"])?;
-                let versions: BTreeSet<u64> =
-                    inner.fields.iter().map(|f| self.number(f)).collect::<Result<_, _>>()?;
-                if versions.is_empty() {
-                    return Err(self.field_error(Some(choice), "specific", "lists no versions".into()));
-                }
-                Ok(VersionPolicy::Specific(versions))
+                let versions = inner.fields.iter().map(|f| self.number(f)).collect::<Result<_, _>>()?;
+                Ok(Some(PolicyFields::Specific(versions)))
             }
         }
+    }
+}
+
+/// What a `version_labels` entry needs.
+const LABEL_RULE: &str = "needs a non-empty key and a value";
+
+/// One model's settings as its source spelled them, before kiln's rules are applied. A config file and
+/// a gRPC `HandleReloadConfigRequest` both fill these in and go through [`check_models`], so neither
+/// accepts a config the other refuses.
+#[derive(Debug, Default)]
+pub(crate) struct ModelFields {
+    pub(crate) name: String,
+    pub(crate) base_path: String,
+    /// `model_platform`; `None` when unset.
+    pub(crate) platform: Option<String>,
+    /// `model_version_policy`'s choice; `None` when unset.
+    pub(crate) policy: Option<PolicyFields>,
+    /// `version_labels` entries in order: a later key replaces an earlier one.
+    pub(crate) labels: Vec<(String, u64)>,
+}
+
+/// A `model_version_policy` choice as given.
+#[derive(Debug)]
+pub(crate) enum PolicyFields {
+    /// `latest { num_versions }`: 0 means TF's default, 1.
+    Latest(u64),
+    /// `all {}`.
+    All,
+    /// `specific { versions }`.
+    Specific(Vec<u64>),
+}
+
+/// A rule a model list broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ModelRuleError {
+    /// Which model, by position in the list; `None` when the list itself is wrong.
+    pub(crate) model: Option<usize>,
+    /// The field that breaks the rule.
+    pub(crate) field: &'static str,
+    pub(crate) reason: String,
+}
+
+/// kiln's rules for a model list, wherever it came from: at least one model, names unique, each with a
+/// name and base path, a platform kiln serves, a `specific` policy that lists versions, labels with keys.
+pub(crate) fn check_models(models: Vec<ModelFields>) -> Result<Vec<ModelConfig>, ModelRuleError> {
+    if models.is_empty() {
+        return Err(ModelRuleError {
+            model: None,
+            field: "model_config_list",
+            reason: "no model is configured".into(),
+        });
+    }
+    let mut checked: Vec<ModelConfig> = Vec::with_capacity(models.len());
+    for (index, fields) in models.into_iter().enumerate() {
+        let broken = |(field, reason)| ModelRuleError { model: Some(index), field, reason };
+        let model = fields.check().map_err(broken)?;
+        if checked.iter().any(|m| m.name == model.name) {
+            return Err(broken(("name", format!("model `{}` is configured twice", model.name))));
+        }
+        checked.push(model);
+    }
+    Ok(checked)
+}
+
+impl ModelFields {
+    /// One model's rules; the error names the field and says what is wrong.
+    fn check(self) -> Result<ModelConfig, (&'static str, String)> {
+        let ModelFields { name, base_path, platform, policy, labels } = self;
+        if name.is_empty() {
+            return Err(("name", "a model needs a name".into()));
+        }
+        if base_path.is_empty() {
+            return Err(("base_path", format!("model `{name}` needs a base_path")));
+        }
+        if let Some(platform) = platform
+            && !["tensorflow", "kiln"].contains(&platform.as_str())
+        {
+            return Err((
+                "model_platform",
+                format!("`{platform}` is not served by kiln (use `tensorflow` or `kiln`)"),
+            ));
+        }
+        let policy = match policy {
+            None => VersionPolicy::default(),
+            // num_versions 0 means the default, 1, as in TF.
+            Some(PolicyFields::Latest(n)) => {
+                VersionPolicy::Latest(usize::try_from(n).unwrap_or(usize::MAX).max(1))
+            }
+            Some(PolicyFields::All) => VersionPolicy::All,
+            Some(PolicyFields::Specific(versions)) if versions.is_empty() => {
+                return Err(("specific", "lists no versions".into()));
+            }
+            Some(PolicyFields::Specific(versions)) => VersionPolicy::Specific(versions.into_iter().collect()),
+        };
+        let mut checked_labels = BTreeMap::new();
+        for (key, version) in labels {
+            if key.is_empty() {
+                return Err(("version_labels", LABEL_RULE.into()));
+            }
+            checked_labels.insert(key, version);
+        }
+        Ok(ModelConfig { name, base_path: base_path.into(), policy, labels: checked_labels })
     }
 }
 

@@ -7,13 +7,17 @@
 //! deadline), the request body is bounded by the handler's own deadline, and shutdown stops accepting,
 //! asks every connection to close after its current request, and waits at most the drain limit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use crate::tls::{Port, Tls};
 
 /// How the REST port treats slow and lingering connections.
 #[derive(Debug, Clone, Copy)]
@@ -25,11 +29,13 @@ pub(crate) struct ConnectionLimits {
     pub(crate) drain: Duration,
 }
 
-/// Serves `router` on `listener` until `stopped` turns true, then drains (see the module docs).
+/// Serves `router` on `listener` until `stopped` turns true, then drains (see the module docs). With
+/// `tls`, each connection's handshake runs in its own task before HTTP starts.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<Tls>>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -42,8 +48,8 @@ pub(crate) async fn serve(
         };
         // Reap finished connections so the set does not grow with the server's lifetime.
         while connections.try_join_next().is_some() {}
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and similar: back off instead of spinning on accept.
                 tracing::warn!("accepting a REST connection failed: {error}");
@@ -54,17 +60,16 @@ pub(crate) async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {error}");
         }
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()))
-            .with_upgrades();
-        let mut stopping = stopped.clone();
+        let (builder, router, stopping, tls) =
+            (builder.clone(), router.clone(), stopped.clone(), tls.clone());
         connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => return log_end(result),
-                _ = stopping.wait_for(|s| *s) => connection.as_mut().graceful_shutdown(),
+            match tls {
+                None => serve_connection(&builder, stream, router, stopping).await,
+                Some(tls) => match tls.accept(Port::Rest, stream).await {
+                    Ok(stream) => serve_connection(&builder, stream, router, stopping).await,
+                    Err(error) => tracing::debug!(%peer, "REST TLS handshake failed: {error}"),
+                },
             }
-            log_end(connection.await);
         });
     }
     drop(listener);
@@ -78,6 +83,25 @@ pub(crate) async fn serve(
         );
         connections.abort_all();
     }
+}
+
+/// Serves one connection until it ends, or closes it after its current request once `stopping` turns true.
+async fn serve_connection<IO>(
+    builder: &hyper::server::conn::http1::Builder,
+    stream: IO,
+    router: axum::Router,
+    mut stopping: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection =
+        builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router)).with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return log_end(result),
+        _ = stopping.wait_for(|s| *s) => connection.as_mut().graceful_shutdown(),
+    }
+    log_end(connection.await);
 }
 
 fn log_end(result: Result<(), hyper::Error>) {

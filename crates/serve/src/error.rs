@@ -34,6 +34,12 @@ pub enum ServeError {
     /// The engine failed on valid input (HTTP 500).
     #[error("{0}")]
     Internal(String),
+    /// The request has no valid bearer token (HTTP 401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this on this server, e.g. model management when it is off (HTTP 403).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl ServeError {
@@ -50,6 +56,8 @@ impl ServeError {
             ServeError::Unimplemented(_) => tonic::Code::Unimplemented,
             ServeError::Unavailable(_) => tonic::Code::Unavailable,
             ServeError::Internal(_) => tonic::Code::Internal,
+            ServeError::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            ServeError::PermissionDenied(_) => tonic::Code::PermissionDenied,
         }
     }
 
@@ -72,7 +80,9 @@ impl ServeError {
             | ServeError::DeadlineExceeded(m)
             | ServeError::Unimplemented(m)
             | ServeError::Unavailable(m)
-            | ServeError::Internal(m) => m,
+            | ServeError::Internal(m)
+            | ServeError::Unauthenticated(m)
+            | ServeError::PermissionDenied(m) => m,
         }
     }
 
@@ -89,6 +99,8 @@ impl ServeError {
             ServeError::Unimplemented(m) => ServeError::Unimplemented(prefix(m)),
             ServeError::Unavailable(m) => ServeError::Unavailable(prefix(m)),
             ServeError::Internal(m) => ServeError::Internal(prefix(m)),
+            ServeError::Unauthenticated(m) => ServeError::Unauthenticated(prefix(m)),
+            ServeError::PermissionDenied(m) => ServeError::PermissionDenied(prefix(m)),
         }
     }
 }

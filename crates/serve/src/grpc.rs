@@ -3,7 +3,7 @@
 //! Requests are validated with TF Serving's messages (predict_util.cc), then go through the same
 //! [`ModelTable`] and batch queues as REST. Classify, Regress and MultiInference take tf.Example input,
 //! which an image model has no use for; they answer UNIMPLEMENTED saying so. HandleReloadConfigRequest
-//! replaces the served model set as TF Serving does.
+//! replaces the served model set as TF Serving does, when [`ModelManagement`] allows it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -12,18 +12,18 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::batch::JobError;
-use crate::config::{ModelConfig, VersionPolicy};
+use crate::deadline::GrpcDeadline;
 use crate::error::{ServeError, code_name};
+use crate::management::ModelManagement;
 use crate::metrics::{Api, Entrypoint, Metrics};
 use crate::proto::tensorflow::error::Code as ErrorCode;
 use crate::proto::tensorflow::serving::model_service_server::ModelService;
 use crate::proto::tensorflow::serving::prediction_service_server::PredictionService;
 use crate::proto::tensorflow::serving::{
     ClassificationRequest, ClassificationResponse, GetModelMetadataRequest, GetModelMetadataResponse,
-    GetModelStatusRequest, GetModelStatusResponse, ModelServerConfig, ModelSpec, ModelVersionStatus,
-    MultiInferenceRequest, MultiInferenceResponse, PredictRequest, PredictResponse, RegressionRequest,
-    RegressionResponse, ReloadConfigRequest, ReloadConfigResponse, StatusProto, model_server_config,
-    model_spec,
+    GetModelStatusRequest, GetModelStatusResponse, ModelSpec, ModelVersionStatus, MultiInferenceRequest,
+    MultiInferenceResponse, PredictRequest, PredictResponse, RegressionRequest, RegressionResponse,
+    ReloadConfigRequest, ReloadConfigResponse, StatusProto, model_spec,
 };
 use crate::proto::tensorflow::{DataType, TensorProto, TensorShapeProto, tensor_shape_proto};
 use crate::signature::{self, OutputKind, OutputValue, SignaturePlan};
@@ -50,6 +50,8 @@ pub(crate) struct GrpcState {
     pub(crate) table: Arc<ModelTable>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) models: Arc<ModelSet>,
+    /// Whether HandleReloadConfigRequest may change `models`, and to what.
+    pub(crate) management: Arc<ModelManagement>,
 }
 
 fn model_spec(spec: Option<ModelSpec>) -> Result<(String, VersionChoice, String), ServeError> {
@@ -78,7 +80,11 @@ impl GrpcState {
         result.map(Response::new).map_err(Status::from)
     }
 
-    async fn predict_inner(&self, request: PredictRequest) -> Result<PredictResponse, ServeError> {
+    async fn predict_inner(
+        &self,
+        request: PredictRequest,
+        deadline: Option<Instant>,
+    ) -> Result<PredictResponse, ServeError> {
         let (name, choice, signature_name) = model_spec(request.model_spec)?;
         let servable = self.table.resolve(&name, &choice)?;
         let signature_name =
@@ -123,7 +129,7 @@ impl GrpcState {
         let predictions = if strings.is_empty() {
             Vec::new()
         } else {
-            servable.predict(strings).await.map_err(|error| match error {
+            servable.predict(strings, deadline).await.map_err(|error| match error {
                 JobError::Instance { index, error } => ServeError::InvalidArgument(format!(
                     "input '{}' string_val[{index}]: {error}",
                     plan.input
@@ -265,55 +271,6 @@ pub fn string_instances(
     }
 }
 
-/// A reload request's `model_config_list` as kiln's model configs, checked like a config file.
-fn model_configs(config: Option<ModelServerConfig>) -> Result<Vec<ModelConfig>, ServeError> {
-    use crate::proto::tensorflow::serving::file_system_storage_path_source_config::servable_version_policy::PolicyChoice;
-    let invalid = ServeError::InvalidArgument;
-    let list = match config.and_then(|c| c.config) {
-        Some(model_server_config::Config::ModelConfigList(list)) => list,
-        Some(model_server_config::Config::CustomModelConfig(_)) => {
-            return Err(invalid(
-                "custom_model_config is not supported by kiln; send a model_config_list".into(),
-            ));
-        }
-        None => return Err(invalid("ReloadConfigRequest.config has no model_config_list".into())),
-    };
-    let version = |v: i64, name: &str| {
-        u64::try_from(v).map_err(|_| invalid(format!("model {name}: version {v} is negative")))
-    };
-    let mut models: Vec<ModelConfig> = Vec::new();
-    for config in list.config {
-        let name = config.name;
-        if name.is_empty() || config.base_path.is_empty() {
-            return Err(invalid(format!("model {name:?}: name and base_path are required")));
-        }
-        if !["", "tensorflow", "kiln"].contains(&config.model_platform.as_str()) {
-            return Err(invalid(format!(
-                "model {name}: model_platform {:?} is not served by kiln",
-                config.model_platform
-            )));
-        }
-        if models.iter().any(|m| m.name == name) {
-            return Err(invalid(format!("model {name} is configured twice")));
-        }
-        let policy = match config.model_version_policy.and_then(|p| p.policy_choice) {
-            None => VersionPolicy::default(),
-            Some(PolicyChoice::Latest(latest)) => VersionPolicy::Latest(latest.num_versions.max(1) as usize),
-            Some(PolicyChoice::All(_)) => VersionPolicy::All,
-            Some(PolicyChoice::Specific(specific)) => VersionPolicy::Specific(
-                specific.versions.iter().map(|&v| version(v, &name)).collect::<Result<_, _>>()?,
-            ),
-        };
-        let labels = config
-            .version_labels
-            .into_iter()
-            .map(|(label, v)| Ok((label, version(v, &name)?)))
-            .collect::<Result<_, ServeError>>()?;
-        models.push(ModelConfig { name, base_path: config.base_path.into(), policy, labels });
-    }
-    Ok(models)
-}
-
 fn unimplemented(api: &str) -> Status {
     Status::unimplemented(format!(
         "{api} is not implemented by kiln: it takes tf.Example input, kiln models take images through Predict"
@@ -335,9 +292,10 @@ impl PredictionService for GrpcState {
 
     async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictResponse>, Status> {
         let started = Instant::now();
+        let deadline = GrpcDeadline::of(&request);
         let request = request.into_inner();
         let model = request.model_spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-        let result = self.predict_inner(request).await;
+        let result = GrpcDeadline::bound(deadline, self.predict_inner(request, deadline.map(|d| d.at))).await;
         self.record(&model, Api::Predict, started, result)
     }
 
@@ -377,7 +335,8 @@ impl ModelService for GrpcState {
         &self,
         request: Request<ReloadConfigRequest>,
     ) -> Result<Response<ReloadConfigResponse>, Status> {
-        let configs = model_configs(request.into_inner().config)?;
+        let peer = request.remote_addr();
+        let configs = self.management.reload_configs(request.into_inner().config, peer)?;
         let models = self.models.clone();
         // Dropping a model waits for its in-flight requests: blocking work.
         tokio::task::spawn_blocking(move || models.apply(configs))

@@ -22,17 +22,22 @@
 //! # }
 //! ```
 
+mod auth;
 mod batch;
+mod codec;
 mod config;
 mod connections;
+mod deadline;
 mod error;
 mod grpc;
+mod management;
 mod metrics;
 mod rest;
 mod server;
 mod signature;
 mod table;
 mod textproto;
+mod tls;
 mod watcher;
 
 /// Protobuf types and gRPC stubs generated from `proto/` (TF Serving's packages), for clients and tests.
@@ -52,6 +57,7 @@ pub mod proto {
     }
 }
 
+pub use auth::TokenFileError;
 pub use config::{
     BatchingParameters, ConfigError, DEFAULT_PROMETHEUS_PATH, ModelConfig, MonitoringConfig, VersionPolicy,
     read_batching_parameters, read_model_config, read_monitoring_config,
@@ -59,5 +65,8 @@ pub use config::{
 pub use error::ServeError;
 pub use grpc::string_instances;
 pub use rest::{DEFAULT_MAX_BODY_BYTES, predict_body_instances};
-pub use server::{Server, ServerError, ServerOptions, UNBATCHED_QUEUE_CAPACITY};
+pub use server::{
+    DEFAULT_AUTH_TOKEN_POLL_INTERVAL, Server, ServerError, ServerOptions, UNBATCHED_QUEUE_CAPACITY,
+};
 pub use table::{VersionChoice, VersionState, VersionStatus};
+pub use tls::DEFAULT_SSL_CONFIG_POLL_INTERVAL;

@@ -45,13 +45,31 @@ impl Entrypoint {
     }
 }
 
+/// Why a queued request was dropped before the engine saw it (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cancelled {
+    /// Its deadline (gRPC `grpc-timeout`, REST `--rest_api_timeout_in_ms`) passed while it waited.
+    DeadlineExceeded,
+    /// Its client hung up, so nobody would read the answer.
+    ClientGone,
+}
+
+impl Cancelled {
+    fn name(self) -> &'static str {
+        match self {
+            Cancelled::DeadlineExceeded => "deadline_exceeded",
+            Cancelled::ClientGone => "client_gone",
+        }
+    }
+}
+
 /// Every metric the server records.
 pub(crate) struct Metrics {
     registry: Registry,
     request_count: IntCounterVec,
     request_latency: HistogramVec,
     batch_size: HistogramVec,
-    abandoned: IntCounterVec,
+    cancelled: IntCounterVec,
     queue_depth: IntGaugeVec,
     load_seconds: HistogramVec,
     warmup_latency: HistogramVec,
@@ -85,12 +103,12 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
             &["model_name"],
         )?;
-        let abandoned = IntCounterVec::new(
+        let cancelled = IntCounterVec::new(
             Opts::new(
-                "kiln_abandoned_requests_total",
-                "Queued requests dropped because their client had gone.",
+                "kiln_cancelled_requests_total",
+                "Queued requests dropped before reaching the engine: their deadline passed or their client had gone.",
             ),
-            &["model_name"],
+            &["model_name", "reason"],
         )?;
         let queue_depth = IntGaugeVec::new(
             Opts::new("kiln_queue_depth", "Instances waiting in a version's batch queue."),
@@ -122,7 +140,7 @@ impl Metrics {
         registry.register(Box::new(request_count.clone()))?;
         registry.register(Box::new(request_latency.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
-        registry.register(Box::new(abandoned.clone()))?;
+        registry.register(Box::new(cancelled.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(load_seconds.clone()))?;
         registry.register(Box::new(warmup_latency.clone()))?;
@@ -132,7 +150,7 @@ impl Metrics {
             request_count,
             request_latency,
             batch_size,
-            abandoned,
+            cancelled,
             queue_depth,
             load_seconds,
             warmup_latency,
@@ -160,8 +178,9 @@ impl Metrics {
         self.batch_size.with_label_values(&[model]).observe(size as f64);
     }
 
-    pub(crate) fn count_abandoned(&self, model: &str) {
-        self.abandoned.with_label_values(&[model]).inc();
+    /// Counts a request dropped unrun, by why: `deadline_exceeded` or `client_gone`.
+    pub(crate) fn count_cancelled(&self, model: &str, reason: Cancelled) {
+        self.cancelled.with_label_values(&[model, reason.name()]).inc();
     }
 
     pub(crate) fn set_queue_depth(&self, model: &str, version: u64, depth: usize) {

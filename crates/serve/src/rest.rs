@@ -83,14 +83,17 @@ async fn dispatch(State(state): State<Arc<RestState>>, request: Request) -> Resp
         let started = Instant::now();
         let timeout = state.options.timeout;
         let mut call = Call { model: String::new(), api: None };
-        let outcome =
-            tokio::time::timeout(timeout, handle_v1(&state, &mut call, method, &path, request)).await;
-        let outcome = outcome.unwrap_or_else(|_| {
-            Err(ServeError::DeadlineExceeded(format!(
+        // The queue drops a request still waiting at the deadline, so a 504 leaves no work behind.
+        let deadline = started + timeout;
+        let handled = handle_v1(&state, &mut call, method, &path, request, deadline);
+        // Whether the timer here or the queue noticed first, the client hears which flag set the deadline.
+        let outcome = match tokio::time::timeout_at(deadline.into(), handled).await {
+            Err(_) | Ok(Err(ServeError::DeadlineExceeded(_))) => Err(ServeError::DeadlineExceeded(format!(
                 "Deadline exceeded: the request took longer than --rest_api_timeout_in_ms={}",
                 timeout.as_millis()
-            )))
-        });
+            ))),
+            Ok(answered) => answered,
+        };
         if let Some(api) = call.api {
             let status = outcome.as_ref().map_or_else(|e| code_name(e.code()), |_| "OK");
             state.metrics.observe_request(&call.model, api, Entrypoint::Rest, status, started.elapsed());
@@ -130,7 +133,11 @@ fn add_cors_headers(response: &mut Response) {
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, GET"));
-    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Content-Type"));
+    // Authorization: browsers send bearer tokens (`--auth_token_file`) only when the preflight allows it.
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, Authorization"),
+    );
 }
 
 /// An OPTIONS preflight: TF answers it only for a browser origin (`http://` or `https://`).
@@ -158,6 +165,7 @@ async fn handle_v1(
     method: Method,
     path: &str,
     request: Request,
+    deadline: Instant,
 ) -> Result<String, ServeError> {
     let malformed = || ServeError::InvalidArgument(format!("Malformed request: {method} {path}"));
     if method == Method::POST {
@@ -177,7 +185,7 @@ async fn handle_v1(
         }
         call.api = Some(Api::Predict);
         let body = read_body(request, state.options.max_body_bytes).await?;
-        predict(&state.table, &name, &choice, &body).await
+        predict(&state.table, &name, &choice, &body, deadline).await
     } else if method == Method::GET {
         let captures = GET_PATH.captures(path).ok_or_else(malformed)?;
         let name = captures
@@ -316,6 +324,7 @@ async fn predict(
     name: &str,
     choice: &VersionChoice,
     body: &[u8],
+    deadline: Instant,
 ) -> Result<String, ServeError> {
     let document = parse_json(body)?;
     let request = PredictBody::parse(&document)?;
@@ -326,7 +335,7 @@ async fn predict(
     let predictions = if strings.is_empty() {
         Vec::new()
     } else {
-        servable.predict(strings).await.map_err(|error| match error {
+        servable.predict(strings, Some(deadline)).await.map_err(|error| match error {
             JobError::Instance { index, error } => ServeError::InvalidArgument(match layout {
                 Layout::Rows => format!("instance {index} of 'instances': {error}"),
                 Layout::Columns => format!("element {index} of input '{}': {error}", plan.input),
@@ -655,7 +664,8 @@ fn json_response(status: StatusCode, body: String) -> Response {
     response
 }
 
-fn error_response(error: &ServeError) -> Response {
+/// TF Serving's REST error: the status for the code and `{"error": message}`.
+pub(crate) fn error_response(error: &ServeError) -> Response {
     json_response(error.http_status(), pretty(&serde_json::json!({ "error": error.message() }), b"    "))
 }
 

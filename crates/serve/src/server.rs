@@ -11,15 +11,19 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 
+use crate::auth::{self, AuthLayer, TokenFileError, Tokens};
 use crate::batch::BatchOptions;
 use crate::config::{BatchingParameters, ConfigError, ModelConfig, MonitoringConfig, read_model_config};
 use crate::connections::{self, ConnectionLimits};
+use crate::deadline::DeadlineLayer;
 use crate::grpc::GrpcState;
+use crate::management::ModelManagement;
 use crate::metrics::Metrics;
 use crate::proto::tensorflow::serving::model_service_server::ModelServiceServer;
 use crate::proto::tensorflow::serving::prediction_service_server::PredictionServiceServer;
 use crate::rest::{self, RestOptions, RestState};
 use crate::table::{ModelTable, VersionChoice, VersionStatus};
+use crate::tls::{self, Tls};
 use crate::watcher::{ModelSet, WatchContext};
 
 /// Instances one version's queue holds when batching is off: enough to absorb bursts, small enough that a
@@ -28,6 +32,9 @@ pub const UNBATCHED_QUEUE_CAPACITY: usize = 256;
 
 /// TF Serving's server-side message limit, both directions (INT32_MAX).
 const MAX_GRPC_MESSAGE_BYTES: usize = i32::MAX as usize;
+
+/// How often `--auth_token_file` is re-read for rotated tokens.
+pub const DEFAULT_AUTH_TOKEN_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the gRPC health service re-reads model readiness.
 const HEALTH_REFRESH: Duration = Duration::from_millis(200);
@@ -62,6 +69,21 @@ pub struct ServerOptions {
     pub warmup: bool,
     /// Per-model runtime options (image limits, threads).
     pub runtime: RuntimeOptions,
+    /// Bearer tokens both ports require (`--auth_token_file`, one per line); `None` requires none.
+    pub auth_token_file: Option<PathBuf>,
+    /// How often `auth_token_file` is re-read; zero reads it once.
+    pub auth_token_poll_interval: Duration,
+    /// Serve the Prometheus metrics without a token (`--allow_unauthenticated_metrics`).
+    pub allow_unauthenticated_metrics: bool,
+    /// Let gRPC HandleReloadConfigRequest replace the served models (`--enable_model_management`);
+    /// off, it answers PERMISSION_DENIED.
+    pub enable_model_management: bool,
+    /// The directory every reloaded base path must resolve under (`--model_root`).
+    pub model_root: Option<PathBuf>,
+    /// TF Serving's `--ssl_config_file` (text `SSLConfig`): when set, both ports speak TLS only.
+    pub ssl_config_file: Option<PathBuf>,
+    /// How often `ssl_config_file` is re-read for new certificates; zero reads it once.
+    pub ssl_config_poll_interval: Duration,
 }
 
 impl ServerOptions {
@@ -81,6 +103,13 @@ impl ServerOptions {
             cors: false,
             warmup: true,
             runtime: RuntimeOptions::default(),
+            auth_token_file: None,
+            auth_token_poll_interval: DEFAULT_AUTH_TOKEN_POLL_INTERVAL,
+            allow_unauthenticated_metrics: false,
+            enable_model_management: false,
+            model_root: None,
+            ssl_config_file: None,
+            ssl_config_poll_interval: tls::DEFAULT_SSL_CONFIG_POLL_INTERVAL,
         }
     }
 
@@ -120,6 +149,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// `--auth_token_file` cannot be used.
+    #[error(transparent)]
+    TokenFile(#[from] TokenFileError),
     /// A thread could not be started or the metrics registry refused a metric.
     #[error("cannot start the server: {0}")]
     Start(String),
@@ -152,6 +184,10 @@ impl Server {
                 ConfigError::Flags("both gRPC and REST are disabled: nothing to serve on".into()).into()
             );
         }
+        let tls = options.ssl_config_file.as_deref().map(Tls::load).transpose()?;
+        let tokens = options.auth_token_file.as_deref().map(Tokens::load).transpose()?;
+        let management =
+            Arc::new(ModelManagement::new(options.enable_model_management, options.model_root.as_deref())?);
         let table = Arc::new(ModelTable::default());
         let metrics = Arc::new(Metrics::new().map_err(|e| ServerError::Start(e.to_string()))?);
         let (stop, stopped) = watch::channel(false);
@@ -182,10 +218,19 @@ impl Server {
             })?;
             let bound =
                 listener.local_addr().map_err(|source| ServerError::Bind { api: "gRPC", addr, source })?;
-            let state = GrpcState { table: table.clone(), metrics: metrics.clone(), models: models.clone() };
+            let state = GrpcState {
+                table: table.clone(),
+                metrics: metrics.clone(),
+                models: models.clone(),
+                management: management.clone(),
+            };
             let (health, health_service) = tonic_health::server::health_reporter();
             tasks.push(tokio::spawn(report_health(health, table.clone(), stopped.clone())));
             let router = tonic::transport::Server::builder()
+                // Stamps each call's grpc-timeout deadline before tonic's own timer starts.
+                .layer(DeadlineLayer)
+                // Innermost, so refusals are plain tonic responses.
+                .layer(AuthLayer::new(tokens.clone(), auth::Grpc))
                 .add_service(health_service)
                 .add_service(
                     PredictionServiceServer::new(state.clone())
@@ -197,14 +242,26 @@ impl Server {
                         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
                 );
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let signal = shutdown_signal(stopped.clone());
+            let serving = match &tls {
+                Some(tls) => {
+                    let incoming = tls::grpc_incoming(listener, tls.clone(), stopped.clone());
+                    tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, signal).await })
+                }
+                None => {
+                    let incoming =
+                        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                    tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, signal).await })
+                }
+            };
             tasks.push(tokio::spawn(async move {
-                if let Err(error) = router.serve_with_incoming_shutdown(incoming, signal).await {
-                    tracing::error!("gRPC server failed: {error}");
+                match serving.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::error!("gRPC server failed: {error}"),
+                    Err(error) => tracing::error!("gRPC server task failed: {error}"),
                 }
             }));
-            tracing::info!("Running gRPC ModelServer at {bound} ...");
+            tracing::info!("Running gRPC ModelServer at {bound}{} ...", tls_note(tls.as_deref()));
             grpc_addr = Some(bound);
         }
 
@@ -233,11 +290,12 @@ impl Server {
             };
             tasks.push(tokio::spawn(connections::serve(
                 listener,
-                rest::router(state),
+                rest::router(state).layer(AuthLayer::new(tokens.clone(), rest_auth(&options))),
                 limits,
+                tls.clone(),
                 stopped.clone(),
             )));
-            tracing::info!("Exporting HTTP/REST API at:{bound} ...");
+            tracing::info!("Exporting HTTP/REST API at:{bound}{} ...", tls_note(tls.as_deref()));
             rest_addr = Some(bound);
         }
 
@@ -247,6 +305,16 @@ impl Server {
             let watch =
                 reread_config(file, options.config_file_poll_interval, models.clone(), stopped.clone());
             tasks.push(tokio::spawn(watch));
+        }
+        if let Some(tls) = tls
+            && !options.ssl_config_poll_interval.is_zero()
+        {
+            tasks.push(tokio::spawn(tls.watch(options.ssl_config_poll_interval, stopped.clone())));
+        }
+        if let Some(tokens) = tokens
+            && !options.auth_token_poll_interval.is_zero()
+        {
+            tasks.push(tokio::spawn(tokens.watch(options.auth_token_poll_interval, stopped.clone())));
         }
         Ok(Server { table, grpc_addr, rest_addr, stop, tasks, models, drain: drain_limit(&options) })
     }
@@ -300,6 +368,22 @@ impl Server {
         }
         tracing::info!("server stopped");
     }
+}
+
+/// How the startup lines describe a listener's transport.
+fn tls_note(tls: Option<&Tls>) -> &'static str {
+    match tls {
+        None => "",
+        Some(tls) if tls.client_verify() => " (TLS, client certificates required)",
+        Some(_) => " (TLS)",
+    }
+}
+
+/// Which REST requests pass without a token: the probes, CORS preflights, and the metrics if allowed.
+fn rest_auth(options: &ServerOptions) -> auth::Rest {
+    let metrics = options.monitoring.enable && options.allow_unauthenticated_metrics;
+    let metrics_path = metrics.then_some(options.monitoring.path.as_str());
+    auth::Rest::new(metrics_path, options.cors, options.rest_timeout, options.max_body_bytes)
 }
 
 /// The shortest time a REST client gets to send its headers and an idle keep-alive connection stays

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Instant;
 
 use runtime::Model;
 
@@ -91,9 +92,9 @@ impl ServableModel {
         self.queue.capacity()
     }
 
-    /// Runs a request's instances through the batch queue.
-    pub(crate) async fn predict(&self, inputs: Vec<Vec<u8>>) -> JobResult {
-        let receiver = self.queue.submit(inputs).map_err(JobError::Request)?;
+    /// Runs a request's instances through the batch queue; still queued at `deadline`, they never run.
+    pub(crate) async fn predict(&self, inputs: Vec<Vec<u8>>, deadline: Option<Instant>) -> JobResult {
+        let receiver = self.queue.submit(inputs, deadline).map_err(JobError::Request)?;
         receiver.await.unwrap_or_else(|_| {
             Err(JobError::Request(ServeError::Internal(format!(
                 "model {} version {} stopped before answering (the engine panicked)",

@@ -275,7 +275,7 @@ async fn cors_headers_and_preflight_when_enabled() -> TestResult {
     assert_eq!(preflight.status().as_u16(), 200);
     assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
     assert_eq!(preflight.headers()["access-control-allow-methods"], "POST, GET");
-    assert_eq!(preflight.headers()["access-control-allow-headers"], "Content-Type");
+    assert_eq!(preflight.headers()["access-control-allow-headers"], "Content-Type, Authorization");
     let refused = server.http.request(reqwest::Method::OPTIONS, &url).send().await?;
     assert_eq!(refused.status().as_u16(), 400);
     let answer: Value = refused.json().await?;

@@ -344,7 +344,9 @@ async fn reload_config_over_grpc_adds_changes_and_removes_models() -> TestResult
     publish_copy(&v1, &vit, 2)?;
     std::fs::create_dir_all(&other)?;
     publish_copy(&v1, &other, 4)?;
-    let server = TestServer::start(options(vec![ModelConfig::new("vit", &vit)])).await?;
+    let mut options = options(vec![ModelConfig::new("vit", &vit)]);
+    options.enable_model_management = true;
+    let server = TestServer::start(options).await?;
     server.wait_for("vit", 2, VersionState::Available).await?;
 
     let list = |configs: Vec<ModelConfigProto>| ReloadConfigRequest {

@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use crate::error::ServeError;
+use crate::metrics::{Entrypoint, Metrics};
 
 /// The shortest token accepted: shorter ones can be guessed.
 const MIN_TOKEN_CHARS: usize = 16;
@@ -127,6 +128,17 @@ pub(crate) enum AuthFailure {
     Invalid,
 }
 
+impl AuthFailure {
+    /// The `reason` label of `kiln_unauthenticated_requests_total`.
+    fn name(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::NotBearer => "not_bearer",
+            AuthFailure::Invalid => "invalid",
+        }
+    }
+}
+
 impl Tokens {
     /// Reads `file`; the server does not start with a token file it cannot use.
     pub(crate) fn load(file: &Path) -> Result<Tokens, TokenFileError> {
@@ -197,6 +209,8 @@ impl Tokens {
 pub(crate) trait Transport: Clone + Send + Sync + 'static {
     /// The port's response body.
     type Body;
+    /// The port, for metrics.
+    const ENTRYPOINT: Entrypoint;
     /// Whether this request is served without a token.
     fn is_open(&self, method: &Method, path: &str) -> bool;
     /// The refusal of `request`.
@@ -271,6 +285,7 @@ async fn drain<B: HttpBody>(body: B, limit: usize, deadline: Duration) -> bool {
 
 impl Transport for Rest {
     type Body = axum::body::Body;
+    const ENTRYPOINT: Entrypoint = Entrypoint::Rest;
 
     fn is_open(&self, method: &Method, path: &str) -> bool {
         (self.cors && method == Method::OPTIONS) || self.open.iter().any(|p| p == path)
@@ -306,6 +321,7 @@ pub(crate) struct Grpc;
 
 impl Transport for Grpc {
     type Body = tonic::body::Body;
+    const ENTRYPOINT: Entrypoint = Entrypoint::Grpc;
 
     fn is_open(&self, _: &Method, path: &str) -> bool {
         path.starts_with(GRPC_HEALTH_PREFIX)
@@ -323,15 +339,16 @@ impl Transport for Grpc {
 
 /// Wraps a port's service so requests without a valid token are refused; with no tokens (no
 /// `--auth_token_file`) it passes everything through.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct AuthLayer<T> {
     tokens: Option<Tokens>,
     transport: T,
+    metrics: Arc<Metrics>,
 }
 
 impl<T> AuthLayer<T> {
-    pub(crate) fn new(tokens: Option<Tokens>, transport: T) -> Self {
-        AuthLayer { tokens, transport }
+    pub(crate) fn new(tokens: Option<Tokens>, transport: T, metrics: Arc<Metrics>) -> Self {
+        AuthLayer { tokens, transport, metrics }
     }
 }
 
@@ -339,16 +356,22 @@ impl<S, T: Clone> tower_layer::Layer<S> for AuthLayer<T> {
     type Service = Authenticated<S, T>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Authenticated { inner, tokens: self.tokens.clone(), transport: self.transport.clone() }
+        Authenticated {
+            inner,
+            tokens: self.tokens.clone(),
+            transport: self.transport.clone(),
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 /// The service [`AuthLayer`] makes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Authenticated<S, T> {
     inner: S,
     tokens: Option<Tokens>,
     transport: T,
+    metrics: Arc<Metrics>,
 }
 
 impl<S, T, B> tower_service::Service<Request<B>> for Authenticated<S, T>
@@ -378,6 +401,7 @@ where
                 ?failure,
                 "refused a request without a valid bearer token"
             );
+            self.metrics.count_unauthenticated(T::ENTRYPOINT, failure.name());
             let refusal = self.transport.refuse(failure, request);
             return Box::pin(async move { Ok(refusal.await) });
         }

@@ -70,6 +70,7 @@ pub(crate) struct Metrics {
     request_latency: HistogramVec,
     batch_size: HistogramVec,
     cancelled: IntCounterVec,
+    unauthenticated: IntCounterVec,
     queue_depth: IntGaugeVec,
     load_seconds: HistogramVec,
     warmup_latency: HistogramVec,
@@ -110,6 +111,13 @@ impl Metrics {
             ),
             &["model_name", "reason"],
         )?;
+        let unauthenticated = IntCounterVec::new(
+            Opts::new(
+                "kiln_unauthenticated_requests_total",
+                "Requests refused for want of a valid bearer token (--auth_token_file), by port and why.",
+            ),
+            &["entrypoint", "reason"],
+        )?;
         let queue_depth = IntGaugeVec::new(
             Opts::new("kiln_queue_depth", "Instances waiting in a version's batch queue."),
             &["model_name", "version"],
@@ -141,6 +149,7 @@ impl Metrics {
         registry.register(Box::new(request_latency.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(cancelled.clone()))?;
+        registry.register(Box::new(unauthenticated.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(load_seconds.clone()))?;
         registry.register(Box::new(warmup_latency.clone()))?;
@@ -151,6 +160,7 @@ impl Metrics {
             request_latency,
             batch_size,
             cancelled,
+            unauthenticated,
             queue_depth,
             load_seconds,
             warmup_latency,
@@ -181,6 +191,11 @@ impl Metrics {
     /// Counts a request dropped unrun, by why: `deadline_exceeded` or `client_gone`.
     pub(crate) fn count_cancelled(&self, model: &str, reason: Cancelled) {
         self.cancelled.with_label_values(&[model, reason.name()]).inc();
+    }
+
+    /// Counts a request refused by the token check, by why: `missing`, `not_bearer` or `invalid`.
+    pub(crate) fn count_unauthenticated(&self, entrypoint: Entrypoint, reason: &str) {
+        self.unauthenticated.with_label_values(&[entrypoint.name(), reason]).inc();
     }
 
     pub(crate) fn set_queue_depth(&self, model: &str, version: u64, depth: usize) {

@@ -230,7 +230,7 @@ impl Server {
                 // Stamps each call's grpc-timeout deadline before tonic's own timer starts.
                 .layer(DeadlineLayer)
                 // Innermost, so refusals are plain tonic responses.
-                .layer(AuthLayer::new(tokens.clone(), auth::Grpc))
+                .layer(AuthLayer::new(tokens.clone(), auth::Grpc, metrics.clone()))
                 .add_service(health_service)
                 .add_service(
                     PredictionServiceServer::new(state.clone())
@@ -290,7 +290,11 @@ impl Server {
             };
             tasks.push(tokio::spawn(connections::serve(
                 listener,
-                rest::router(state).layer(AuthLayer::new(tokens.clone(), rest_auth(&options))),
+                rest::router(state).layer(AuthLayer::new(
+                    tokens.clone(),
+                    rest_auth(&options),
+                    metrics.clone(),
+                )),
                 limits,
                 tls.clone(),
                 stopped.clone(),

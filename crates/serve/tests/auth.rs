@@ -120,7 +120,13 @@ async fn both_ports_need_a_valid_bearer_token_and_probes_stay_open() -> TestResu
     }
     let metrics = serve::DEFAULT_PROMETHEUS_PATH;
     assert_eq!(rest_call(&server, metrics, None, None).await?.0, 401);
-    assert_eq!(rest_call(&server, metrics, Some(&bearer), None).await?.0, 200);
+    let (status, _, text) = rest_call(&server, metrics, Some(&bearer), None).await?;
+    assert_eq!(status, 200);
+    assert!(
+        text.lines().any(|line| line
+            .starts_with("kiln_unauthenticated_requests_total{entrypoint=\"REST\",reason=\"missing\"}")),
+        "{text}"
+    );
 
     let refused = grpc_predict(&server, None).await?.err().ok_or("accepted without a token")?;
     assert_eq!(

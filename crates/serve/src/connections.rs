@@ -7,13 +7,14 @@
 //! deadline), the request body is bounded by the handler's own deadline, and shutdown stops accepting,
 //! asks every connection to close after its current request, and waits at most the drain limit.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -29,6 +30,33 @@ pub(crate) struct ConnectionLimits {
     pub(crate) drain: Duration,
 }
 
+/// The next connection on `listener` (TCP_NODELAY set), or `None` once `stopped` turns true. Accept
+/// errors (out of file descriptors and similar) are logged and retried after a pause instead of spinning.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    stopped: &mut watch::Receiver<bool>,
+    api: &str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.wait_for(|s| *s) => return None,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY: {error}");
+                }
+                return Some((stream, peer));
+            }
+            Err(error) => {
+                tracing::warn!("accepting a {api} connection failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `stopped` turns true, then drains (see the module docs). With
 /// `tls`, each connection's handshake runs in its own task before HTTP starts.
 pub(crate) async fn serve(
@@ -41,25 +69,9 @@ pub(crate) async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopped.wait_for(|s| *s) => break,
-        };
+    while let Some((stream, peer)) = accept(&listener, &mut stopped, "REST").await {
         // Reap finished connections so the set does not grow with the server's lifetime.
         while connections.try_join_next().is_some() {}
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and similar: back off instead of spinning on accept.
-                tracing::warn!("accepting a REST connection failed: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {error}");
-        }
         let (builder, router, stopping, tls) =
             (builder.clone(), router.clone(), stopped.clone(), tls.clone());
         connections.spawn(async move {

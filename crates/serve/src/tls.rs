@@ -155,23 +155,7 @@ pub(crate) fn grpc_incoming(
 ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (send, receive) = mpsc::channel(GRPC_BACKLOG);
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                _ = stopped.wait_for(|s| *s) => return,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and similar: back off instead of spinning on accept.
-                    tracing::warn!("accepting a gRPC connection failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {error}");
-            }
+        while let Some((stream, peer)) = crate::connections::accept(&listener, &mut stopped, "gRPC").await {
             let (tls, send) = (tls.clone(), send.clone());
             tokio::spawn(async move {
                 match tls.accept(Port::Grpc, stream).await {

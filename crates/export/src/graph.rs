@@ -29,15 +29,15 @@ pub enum Activation {
 }
 
 impl Activation {
-    /// The activation `ACT2FN[name]` is, if kiln has it.
-    pub fn parse(name: &str) -> Option<Activation> {
-        Some(match name {
+    /// The activation `ACT2FN[hidden_act]` is, or the config error naming the one kiln lacks.
+    pub fn from_hidden_act(hidden_act: &str) -> Result<Activation, String> {
+        Ok(match hidden_act {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "quick_gelu" => Activation::QuickGelu,
             "relu" => Activation::Relu,
             "silu" | "swish" => Activation::Silu,
-            _ => return None,
+            _ => return Err(format!("unsupported hidden_act {hidden_act:?}")),
         })
     }
 }

@@ -112,8 +112,7 @@ impl NativeConfig for BeitConfig {
         if self.image_size < self.patch_size {
             return Err(format!("image_size {} is below patch_size {}", self.image_size, self.patch_size));
         }
-        Activation::parse(&self.hidden_act)
-            .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))
+        Activation::from_hidden_act(&self.hidden_act)
     }
 
     fn logits(

@@ -149,8 +149,7 @@ impl<const V2: bool> NativeConfig for ConvNextConfig<V2> {
                 input.height, input.width, self.num_stages
             ));
         }
-        Activation::parse(&self.hidden_act)
-            .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))
+        Activation::from_hidden_act(&self.hidden_act)
     }
 
     /// In int8, the blocks' two linear layers (pwconv1, pwconv2: 93 % of ConvNeXt-T's multiply-adds) are

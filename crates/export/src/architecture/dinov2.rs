@@ -111,8 +111,7 @@ impl NativeConfig for Dinov2Config {
             let width = ((width as f64 * 2.0 / 3.0) as usize).div_ceil(8) * 8;
             return Ok(FeedForward::SwiGlu { width });
         }
-        let activation = Activation::parse(&self.hidden_act)
-            .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))?;
+        let activation = Activation::from_hidden_act(&self.hidden_act)?;
         Ok(FeedForward::Mlp { up: "mlp.fc1", down: "mlp.fc2", width, activation })
     }
 

@@ -127,8 +127,7 @@ impl NativeConfig for ResNetConfig {
                 self.embedding_size, self.hidden_sizes, self.layer_type
             ));
         }
-        Activation::parse(&self.hidden_act)
-            .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))
+        Activation::from_hidden_act(&self.hidden_act)
     }
 
     fn logits(

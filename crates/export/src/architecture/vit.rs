@@ -157,8 +157,7 @@ impl NativeConfig for VitConfig {
     fn validate(&self, input: InputSize) -> Result<Activation, String> {
         self.dimensions().validate(input)?;
         require_image_size(self.image_size, input)?;
-        Activation::parse(&self.hidden_act)
-            .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))
+        Activation::from_hidden_act(&self.hidden_act)
     }
 
     fn logits(

@@ -196,8 +196,7 @@ impl NativeConfig for SwinConfig {
 
     /// Lays the stages out for `input`.
     fn validate(&self, input: InputSize) -> Result<Plan, String> {
-        let activation = Activation::parse(&self.hidden_act)
-            .ok_or_else(|| format!("unsupported hidden_act {:?}", self.hidden_act))?;
+        let activation = Activation::from_hidden_act(&self.hidden_act)?;
         Ok(Plan { activation, geometry: geometry(self, input)? })
     }
 

@@ -15,6 +15,7 @@ use super::encoder::{
 };
 use super::native::{Native, NativeConfig};
 use super::resample::{Grid, bicubic, bilinear};
+use crate::architecture::defaults;
 use crate::graph::{Activation, GraphWiring};
 use crate::weights::Weights;
 use crate::{ExportError, Precision};
@@ -23,21 +24,21 @@ use crate::{ExportError, Precision};
 /// as transformers' `BeitConfig`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BeitConfig {
-    #[serde(default = "default_image_size")]
+    #[serde(default = "defaults::count::<224>")]
     image_size: usize,
-    #[serde(default = "default_patch_size")]
+    #[serde(default = "defaults::count::<16>")]
     patch_size: usize,
-    #[serde(default = "default_num_channels")]
+    #[serde(default = "defaults::count::<3>")]
     num_channels: usize,
-    #[serde(default = "default_hidden_size")]
+    #[serde(default = "defaults::count::<768>")]
     hidden_size: usize,
-    #[serde(default = "default_layers")]
+    #[serde(default = "defaults::count::<12>")]
     num_hidden_layers: usize,
-    #[serde(default = "default_heads")]
+    #[serde(default = "defaults::count::<12>")]
     num_attention_heads: usize,
-    #[serde(default = "default_intermediate")]
+    #[serde(default = "defaults::count::<3072>")]
     intermediate_size: usize,
-    #[serde(default = "default_act")]
+    #[serde(default = "defaults::gelu")]
     hidden_act: String,
     #[serde(default = "default_eps")]
     layer_norm_eps: f64,
@@ -50,42 +51,15 @@ pub struct BeitConfig {
     /// Layer scale exists (`lambda_1`, `lambda_2`) when this is positive.
     #[serde(default = "default_layer_scale")]
     layer_scale_init_value: f64,
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::on")]
     use_mean_pooling: bool,
 }
 
-fn default_image_size() -> usize {
-    224
-}
-fn default_patch_size() -> usize {
-    16
-}
-fn default_num_channels() -> usize {
-    3
-}
-fn default_hidden_size() -> usize {
-    768
-}
-fn default_layers() -> usize {
-    12
-}
-fn default_heads() -> usize {
-    12
-}
-fn default_intermediate() -> usize {
-    3072
-}
-fn default_act() -> String {
-    "gelu".into()
-}
 fn default_eps() -> f64 {
     1e-12
 }
 fn default_layer_scale() -> f64 {
     0.1
-}
-fn default_true() -> bool {
-    true
 }
 
 impl BeitConfig {

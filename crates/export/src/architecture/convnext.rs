@@ -16,6 +16,7 @@ use tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 use super::InputSize;
 use super::native::{Native, NativeConfig};
 use crate::Precision;
+use crate::architecture::defaults;
 use crate::graph::{Activation, Conv2d, GraphWiring};
 
 /// transformers hard-codes this epsilon for every layer norm but the last (which reads `layer_norm_eps`).
@@ -49,7 +50,7 @@ pub struct ConvNextConfig<const V2: bool> {
     #[serde(default = "default_depths")]
     pub depths: Vec<usize>,
     /// MLP activation name, as in transformers' `ACT2FN`.
-    #[serde(default = "default_act")]
+    #[serde(default = "defaults::gelu")]
     pub hidden_act: String,
     /// Epsilon of the layer norm after pooling.
     #[serde(default = "default_eps")]
@@ -92,9 +93,6 @@ fn default_hidden_sizes() -> Vec<usize> {
 }
 fn default_depths() -> Vec<usize> {
     vec![3, 3, 9, 3]
-}
-fn default_act() -> String {
-    "gelu".into()
 }
 fn default_eps() -> f64 {
     1e-12

@@ -15,66 +15,43 @@ use super::encoder::{
 use super::native::{Native, NativeConfig};
 use super::resample::{Grid, bicubic};
 use crate::Precision;
+use crate::architecture::defaults;
 use crate::graph::{Activation, GraphWiring};
 
 /// The architecture hyper-parameters of a DINOv2 checkpoint; every field comes from `config.json`,
 /// defaults as transformers' `Dinov2Config`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Dinov2Config {
-    #[serde(default = "default_image_size")]
+    #[serde(default = "defaults::count::<224>")]
     image_size: usize,
-    #[serde(default = "default_patch_size")]
+    #[serde(default = "defaults::count::<14>")]
     patch_size: usize,
-    #[serde(default = "default_num_channels")]
+    #[serde(default = "defaults::count::<3>")]
     num_channels: usize,
-    #[serde(default = "default_hidden_size")]
+    #[serde(default = "defaults::count::<768>")]
     hidden_size: usize,
-    #[serde(default = "default_layers")]
+    #[serde(default = "defaults::count::<12>")]
     num_hidden_layers: usize,
-    #[serde(default = "default_heads")]
+    #[serde(default = "defaults::count::<12>")]
     num_attention_heads: usize,
     /// The MLP is `int(hidden_size * mlp_ratio)` wide.
     #[serde(default = "default_mlp_ratio")]
     mlp_ratio: f64,
-    #[serde(default = "default_act")]
+    #[serde(default = "defaults::gelu")]
     hidden_act: String,
     #[serde(default = "default_eps")]
     layer_norm_eps: f64,
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::on")]
     qkv_bias: bool,
     #[serde(default)]
     use_swiglu_ffn: bool,
 }
 
-fn default_image_size() -> usize {
-    224
-}
-fn default_patch_size() -> usize {
-    14
-}
-fn default_num_channels() -> usize {
-    3
-}
-fn default_hidden_size() -> usize {
-    768
-}
-fn default_layers() -> usize {
-    12
-}
-fn default_heads() -> usize {
-    12
-}
 fn default_mlp_ratio() -> f64 {
     4.0
 }
-fn default_act() -> String {
-    "gelu".into()
-}
 fn default_eps() -> f64 {
     1e-6
-}
-fn default_true() -> bool {
-    true
 }
 
 impl Dinov2Config {

@@ -9,6 +9,7 @@
 
 pub mod beit;
 pub mod convnext;
+mod defaults;
 pub mod deit;
 pub mod dinov2;
 mod encoder;

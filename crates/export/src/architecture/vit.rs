@@ -12,6 +12,7 @@ use super::encoder::{
 };
 use super::native::{Native, NativeConfig};
 use crate::Precision;
+use crate::architecture::defaults;
 use crate::graph::{Activation, GraphWiring};
 use crate::weights::Weights;
 
@@ -20,66 +21,39 @@ use crate::weights::Weights;
 #[derive(Debug, Clone, Deserialize)]
 pub struct VitConfig {
     /// Square input side in pixels.
-    #[serde(default = "default_image_size")]
+    #[serde(default = "defaults::count::<224>")]
     pub image_size: usize,
     /// Square patch side in pixels.
-    #[serde(default = "default_patch_size")]
+    #[serde(default = "defaults::count::<16>")]
     pub patch_size: usize,
     /// Input channels; only 3 (RGB) is supported.
-    #[serde(default = "default_num_channels")]
+    #[serde(default = "defaults::count::<3>")]
     pub num_channels: usize,
     /// Token width.
-    #[serde(default = "default_hidden_size")]
+    #[serde(default = "defaults::count::<768>")]
     pub hidden_size: usize,
     /// Encoder layers.
-    #[serde(default = "default_layers")]
+    #[serde(default = "defaults::count::<12>")]
     pub num_hidden_layers: usize,
     /// Attention heads per layer.
-    #[serde(default = "default_heads")]
+    #[serde(default = "defaults::count::<12>")]
     pub num_attention_heads: usize,
     /// MLP width.
-    #[serde(default = "default_intermediate")]
+    #[serde(default = "defaults::count::<3072>")]
     pub intermediate_size: usize,
     /// MLP activation name, as in transformers' `ACT2FN`.
-    #[serde(default = "default_act")]
+    #[serde(default = "defaults::gelu")]
     pub hidden_act: String,
     /// Layer-norm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
     /// Whether query/key/value projections carry a bias.
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::on")]
     pub qkv_bias: bool,
 }
 
-fn default_image_size() -> usize {
-    224
-}
-fn default_patch_size() -> usize {
-    16
-}
-fn default_num_channels() -> usize {
-    3
-}
-fn default_hidden_size() -> usize {
-    768
-}
-fn default_layers() -> usize {
-    12
-}
-fn default_heads() -> usize {
-    12
-}
-fn default_intermediate() -> usize {
-    3072
-}
-fn default_act() -> String {
-    "gelu".into()
-}
 fn default_eps() -> f64 {
     1e-12
-}
-fn default_true() -> bool {
-    true
 }
 
 impl VitConfig {

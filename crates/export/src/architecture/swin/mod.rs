@@ -20,6 +20,7 @@ use super::InputSize;
 use super::encoder::mean_of_tokens;
 use super::native::{Native, NativeConfig};
 use crate::Precision;
+use crate::architecture::defaults;
 use crate::graph::{Activation, Conv2d, GraphWiring, dims};
 use windows::{WindowLayout, merge_groups};
 
@@ -59,9 +60,9 @@ pub struct SwinConfig {
     window_size: usize,
     #[serde(default = "default_mlp_ratio")]
     mlp_ratio: f64,
-    #[serde(default = "default_true")]
+    #[serde(default = "defaults::on")]
     qkv_bias: bool,
-    #[serde(default = "default_act")]
+    #[serde(default = "defaults::gelu")]
     hidden_act: String,
     #[serde(default)]
     use_absolute_embeddings: bool,
@@ -92,12 +93,6 @@ fn default_window_size() -> usize {
 }
 fn default_mlp_ratio() -> f64 {
     4.0
-}
-fn default_true() -> bool {
-    true
-}
-fn default_act() -> String {
-    "gelu".into()
 }
 fn default_eps() -> f64 {
     1e-5

@@ -1,11 +1,14 @@
-//! Generates the TF Serving gRPC types and services from `proto/` with a protoc that ships inside the
-//! `protoc-bin-vendored` crate, so builds need no system protoc and no network.
+//! Generates the TF Serving and Open Inference Protocol gRPC types and services from `proto/` with a
+//! protoc that ships inside the `protoc-bin-vendored` crate, so builds need no system protoc and no network.
 
 use std::path::PathBuf;
 
-/// Every .proto file under `proto/`; the services import the rest.
-const PROTOS: &[&str] =
-    &["tensorflow_serving/apis/prediction_service.proto", "tensorflow_serving/apis/model_service.proto"];
+/// Every .proto file under `proto/` that defines a service; the services import the rest.
+const PROTOS: &[&str] = &[
+    "tensorflow_serving/apis/prediction_service.proto",
+    "tensorflow_serving/apis/model_service.proto",
+    "kserve/grpc_predict_v2.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from("proto");

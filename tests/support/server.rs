@@ -36,6 +36,18 @@ impl KilnServer {
         Self::start_with(kiln, model, base, extra, reqwest::Client::new(), "http").await
     }
 
+    /// [`KilnServer::start`] with `env` added to the child's environment (object-store credentials and
+    /// endpoints, as a deployment passes them).
+    pub async fn start_with_env(
+        kiln: &Path,
+        model: &str,
+        base: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> anyhow::Result<KilnServer> {
+        Self::launch(kiln, model, base, extra, env, reqwest::Client::new(), "http").await
+    }
+
     /// [`KilnServer::start`] for a server whose ports speak `scheme` (`https` with `--ssl_config_file`),
     /// polling `/readyz` with `http`, a client that trusts the server's certificate.
     pub async fn start_with(
@@ -46,10 +58,22 @@ impl KilnServer {
         http: reqwest::Client,
         scheme: &'static str,
     ) -> anyhow::Result<KilnServer> {
+        Self::launch(kiln, model, base, extra, &[], http, scheme).await
+    }
+
+    async fn launch(
+        kiln: &Path,
+        model: &str,
+        base: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+        http: reqwest::Client,
+        scheme: &'static str,
+    ) -> anyhow::Result<KilnServer> {
         let mut last_log = String::new();
         for _attempt in 0..PORT_ATTEMPTS {
             let (grpc_port, rest_port) = free_ports()?;
-            let mut server = Self::spawn(kiln, model, base, extra, grpc_port, rest_port)?;
+            let mut server = Self::spawn(kiln, model, base, extra, env, grpc_port, rest_port)?;
             server.scheme = scheme;
             server.http = http.clone();
             if server.wait_ready().await? {
@@ -71,7 +95,7 @@ impl KilnServer {
         grpc_port: u16,
         rest_port: u16,
     ) -> anyhow::Result<KilnServer> {
-        let mut server = Self::spawn(kiln, model, base, &[], grpc_port, rest_port)?;
+        let mut server = Self::spawn(kiln, model, base, &[], &[], grpc_port, rest_port)?;
         ensure!(
             server.wait_ready().await?,
             "kiln serve exited before it was ready on ports {grpc_port}/{rest_port}:\n{}",
@@ -85,10 +109,12 @@ impl KilnServer {
         model: &str,
         base: &Path,
         extra: &[&str],
+        env: &[(String, String)],
         grpc_port: u16,
         rest_port: u16,
     ) -> anyhow::Result<KilnServer> {
         let mut child = Command::new(kiln)
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .args(["serve", "--host", "127.0.0.1", "--model_name", model])
             .arg(format!("--port={grpc_port}"))
             .arg(format!("--rest_api_port={rest_port}"))

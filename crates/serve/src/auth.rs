@@ -2,11 +2,12 @@
 //!
 //! With `--auth_token_file`, every REST request needs `Authorization: Bearer <token>` and every gRPC call
 //! the same `authorization` metadata (HTTP/2 carries both as one header), except what probes and
-//! scrapers use: `/healthz`, `/readyz`, the gRPC health service and, with
-//! `--allow_unauthenticated_metrics`, the Prometheus path. Tokens are kept as SHA-256 digests and a
-//! presented token's digest is compared with each in constant time, so neither timing nor length tells
-//! an attacker how close a guess was. The file is re-read when it changes; a file that no longer parses
-//! keeps the tokens in force, so a half-written rotation cannot lock everyone out.
+//! scrapers use: `/healthz`, `/readyz`, `/v2/health/{live,ready}`, the gRPC health service, v2's
+//! ServerLive and ServerReady and, with `--allow_unauthenticated_metrics`, the Prometheus path. Tokens
+//! are kept as SHA-256 digests and a presented token's digest is compared with each in constant time,
+//! so neither timing nor length tells an attacker how close a guess was. The file is re-read when it
+//! changes; a file that no longer parses keeps the tokens in force, so a half-written rotation cannot
+//! lock everyone out.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,10 @@ const MIN_TOKEN_CHARS: usize = 16;
 
 /// The gRPC health service's path prefix: Check and Watch stay open for probes.
 const GRPC_HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// The Open Inference Protocol's gRPC health probes, open like grpc.health.v1.
+const GRPC_V2_PROBES: &[&str] =
+    &["/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"];
 
 /// A token file kiln cannot use.
 #[derive(Debug, thiserror::Error)]
@@ -258,9 +263,19 @@ impl Rest {
         deadline: Duration,
         max_body_bytes: usize,
     ) -> Rest {
-        let open: Vec<String> =
-            ["/healthz", "/readyz"].into_iter().chain(metrics_path).map(str::to_owned).collect();
+        let open: Vec<String> = ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"]
+            .into_iter()
+            .chain(metrics_path)
+            .map(str::to_owned)
+            .collect();
         Rest { open: open.into(), cors, deadline, max_body_bytes }
+    }
+
+    /// Also serves `path` without a token: a platform's health probe (Vertex's `AIP_HEALTH_ROUTE`)
+    /// carries none.
+    pub(crate) fn with_open_path(self, path: &str) -> Rest {
+        let open: Vec<String> = self.open.iter().cloned().chain([path.to_owned()]).collect();
+        Rest { open: open.into(), ..self }
     }
 }
 
@@ -324,7 +339,7 @@ impl Transport for Grpc {
     const ENTRYPOINT: Entrypoint = Entrypoint::Grpc;
 
     fn is_open(&self, _: &Method, path: &str) -> bool {
-        path.starts_with(GRPC_HEALTH_PREFIX)
+        path.starts_with(GRPC_HEALTH_PREFIX) || GRPC_V2_PROBES.contains(&path)
     }
 
     /// HTTP/2 ends a refused stream without closing the connection, so the body is not drained.
@@ -470,6 +485,10 @@ mod tests {
         assert!(!Rest::new(None, false, Duration::ZERO, 0).is_open(&Method::GET, "/metrics"));
         assert!(Rest::new(None, true, Duration::ZERO, 0).is_open(&Method::OPTIONS, "/v1/models/vit:predict"));
         assert!(Grpc.is_open(&Method::POST, "/grpc.health.v1.Health/Check"));
+        assert!(rest.is_open(&Method::GET, "/v2/health/ready"));
+        assert!(!rest.is_open(&Method::GET, "/v2/models/vit"));
+        assert!(Grpc.is_open(&Method::POST, "/inference.GRPCInferenceService/ServerReady"));
+        assert!(!Grpc.is_open(&Method::POST, "/inference.GRPCInferenceService/ModelInfer"));
         assert!(!Grpc.is_open(&Method::POST, "/tensorflow.serving.PredictionService/Predict"));
     }
 }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::source::BasePath;
 use crate::textproto::{self, TextField, TextMessage, TextValue};
 
 /// A configuration file could not be read or says something kiln cannot do.
@@ -58,8 +59,8 @@ pub enum ConfigError {
 pub struct ModelConfig {
     /// Model name clients put in URLs and `ModelSpec.name`.
     pub name: String,
-    /// Directory whose integer-named children are versions.
-    pub base_path: PathBuf,
+    /// Directory or object-store prefix whose integer-named children are versions.
+    pub base_path: BasePath,
     /// Which versions to serve.
     pub policy: VersionPolicy,
     /// Version labels (`stable` -> 42) clients may use instead of numbers.
@@ -69,7 +70,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// A model served with TF's defaults: latest version only, no labels (`--model_name` /
     /// `--model_base_path` mode).
-    pub fn new(name: impl Into<String>, base_path: impl Into<PathBuf>) -> Self {
+    pub fn new(name: impl Into<String>, base_path: impl Into<BasePath>) -> Self {
         ModelConfig {
             name: name.into(),
             base_path: base_path.into(),
@@ -538,6 +539,9 @@ impl ModelFields {
         if base_path.is_empty() {
             return Err(("base_path", format!("model `{name}` needs a base_path")));
         }
+        let base_path: BasePath = base_path
+            .parse()
+            .map_err(|e: crate::source::BasePathError| ("base_path", format!("model `{name}`: {e}")))?;
         if let Some(platform) = platform
             && !["tensorflow", "kiln"].contains(&platform.as_str())
         {
@@ -565,7 +569,7 @@ impl ModelFields {
             }
             checked_labels.insert(key, version);
         }
-        Ok(ModelConfig { name, base_path: base_path.into(), policy, labels: checked_labels })
+        Ok(ModelConfig { name, base_path, policy, labels: checked_labels })
     }
 }
 
@@ -594,7 +598,7 @@ mod tests {
         let models = read_model_config(&path)?;
         assert_eq!(models.len(), 3);
         assert_eq!(models[0].name, "vit");
-        assert_eq!(models[0].base_path, PathBuf::from("/models/vit"));
+        assert_eq!(models[0].base_path.as_local(), Some(Path::new("/models/vit")));
         assert_eq!(models[0].policy, VersionPolicy::Latest(2));
         assert_eq!(models[0].labels, BTreeMap::from([("canary".into(), 43), ("stable".into(), 42)]));
         assert_eq!(models[1].policy, VersionPolicy::Specific(BTreeSet::from([1, 3])));

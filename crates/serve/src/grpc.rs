@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use crate::batch::JobError;
 use crate::deadline::GrpcDeadline;
 use crate::error::{ServeError, code_name};
 use crate::management::ModelManagement;
 use crate::metrics::{Api, Entrypoint, Metrics};
+use crate::predict::{self, PredictInput, Predicted};
 use crate::proto::tensorflow::error::Code as ErrorCode;
 use crate::proto::tensorflow::serving::model_service_server::ModelService;
 use crate::proto::tensorflow::serving::prediction_service_server::PredictionService;
@@ -68,7 +68,8 @@ fn model_spec(spec: Option<ModelSpec>) -> Result<(String, VersionChoice, String)
 }
 
 impl GrpcState {
-    fn record<T>(
+    /// Counts a finished call in the request metrics and turns its result into tonic's.
+    pub(crate) fn record<T>(
         &self,
         model: &str,
         api: Api,
@@ -86,57 +87,10 @@ impl GrpcState {
         deadline: Option<Instant>,
     ) -> Result<PredictResponse, ServeError> {
         let (name, choice, signature_name) = model_spec(request.model_spec)?;
-        let servable = self.table.resolve(&name, &choice)?;
-        let signature_name =
-            if signature_name.is_empty() { signature::DEFAULT_SIGNATURE.to_owned() } else { signature_name };
-        let plan = SignaturePlan::find(servable.model.manifest(), &signature_name)?.ok_or_else(|| {
-            ServeError::FailedPrecondition(format!("Serving signature key \"{signature_name}\" not found."))
-        })?;
-        let sent: BTreeSet<&str> = request.inputs.keys().map(String::as_str).collect();
-        let expected = plan.input_set();
-        if sent.len() != expected.len() {
-            return Err(ServeError::InvalidArgument(signature::input_mismatch(&sent, &expected)));
-        }
-        let tensor = request.inputs.get(&plan.input).ok_or_else(|| {
-            let alias = sent.iter().next().copied().unwrap_or_default();
-            ServeError::InvalidArgument(format!(
-                "input tensor alias not found in signature: {alias}. Inputs expected to be in the set {{{}}}.",
-                plan.input
-            ))
-        })?;
-        let strings = string_instances(&plan.input, tensor, servable.max_instances())?;
-        let outputs: Vec<(String, OutputKind)> = if request.output_filter.is_empty() {
-            plan.outputs.clone()
-        } else {
-            let mut chosen = Vec::new();
-            for alias in &request.output_filter {
-                let kind = plan.outputs.iter().find(|(a, _)| a == alias).map(|(_, k)| *k).ok_or_else(|| {
-                    let set: Vec<&str> = plan.outputs.iter().map(|(a, _)| a.as_str()).collect();
-                    ServeError::InvalidArgument(format!(
-                        "output tensor alias not found in signature: {alias} Outputs expected to be in the set {{{}}}.",
-                        set.join(",")
-                    ))
-                })?;
-                if chosen.iter().any(|(a, _)| a == alias) {
-                    return Err(ServeError::InvalidArgument(format!(
-                        "duplicate output tensor alias in output_filter: {alias}"
-                    )));
-                }
-                chosen.push((alias.clone(), kind));
-            }
-            chosen
-        };
-        let predictions = if strings.is_empty() {
-            Vec::new()
-        } else {
-            servable.predict(strings, deadline).await.map_err(|error| match error {
-                JobError::Instance { index, error } => ServeError::InvalidArgument(format!(
-                    "input '{}' string_val[{index}]: {error}",
-                    plan.input
-                )),
-                JobError::Request(error) => error,
-            })?
-        };
+        let input =
+            TfPredictInput { signature_name, inputs: request.inputs, output_filter: request.output_filter };
+        let Predicted { servable, plan, outputs, predictions } =
+            predict::predict(&self.table, &name, &choice, &input, deadline).await?;
         let shape = TensorShapeProto {
             dim: vec![tensor_shape_proto::Dim { size: predictions.len() as i64, name: String::new() }],
             unknown_rank: false,
@@ -231,6 +185,70 @@ impl GrpcState {
                 })
                 .collect(),
         })
+    }
+}
+
+/// A TF Serving `PredictRequest`'s inputs and output filter, for the shared predict step.
+struct TfPredictInput {
+    /// Empty means `serving_default`.
+    signature_name: String,
+    inputs: HashMap<String, TensorProto>,
+    output_filter: Vec<String>,
+}
+
+impl PredictInput for TfPredictInput {
+    fn signature_name(&self) -> &str {
+        if self.signature_name.is_empty() { signature::DEFAULT_SIGNATURE } else { &self.signature_name }
+    }
+
+    fn missing_signature(&self) -> ServeError {
+        ServeError::FailedPrecondition(format!(
+            "Serving signature key \"{}\" not found.",
+            self.signature_name()
+        ))
+    }
+
+    fn instances(&self, plan: &SignaturePlan, max_instances: usize) -> Result<Vec<Vec<u8>>, ServeError> {
+        let sent: BTreeSet<&str> = self.inputs.keys().map(String::as_str).collect();
+        let expected = plan.input_set();
+        if sent.len() != expected.len() {
+            return Err(ServeError::InvalidArgument(signature::input_mismatch(&sent, &expected)));
+        }
+        let tensor = self.inputs.get(&plan.input).ok_or_else(|| {
+            let alias = sent.iter().next().copied().unwrap_or_default();
+            ServeError::InvalidArgument(format!(
+                "input tensor alias not found in signature: {alias}. Inputs expected to be in the set {{{}}}.",
+                plan.input
+            ))
+        })?;
+        string_instances(&plan.input, tensor, max_instances)
+    }
+
+    fn outputs(&self, plan: &SignaturePlan) -> Result<Vec<(String, OutputKind)>, ServeError> {
+        if self.output_filter.is_empty() {
+            return Ok(plan.outputs.clone());
+        }
+        let mut chosen: Vec<(String, OutputKind)> = Vec::new();
+        for alias in &self.output_filter {
+            let kind = plan.outputs.iter().find(|(a, _)| a == alias).map(|(_, k)| *k).ok_or_else(|| {
+                let set: Vec<&str> = plan.outputs.iter().map(|(a, _)| a.as_str()).collect();
+                ServeError::InvalidArgument(format!(
+                    "output tensor alias not found in signature: {alias} Outputs expected to be in the set {{{}}}.",
+                    set.join(",")
+                ))
+            })?;
+            if chosen.iter().any(|(a, _)| a == alias) {
+                return Err(ServeError::InvalidArgument(format!(
+                    "duplicate output tensor alias in output_filter: {alias}"
+                )));
+            }
+            chosen.push((alias.clone(), kind));
+        }
+        Ok(chosen)
+    }
+
+    fn instance_error(&self, plan: &SignaturePlan, index: usize, error: String) -> ServeError {
+        ServeError::InvalidArgument(format!("input '{}' string_val[{index}]: {error}", plan.input))
     }
 }
 

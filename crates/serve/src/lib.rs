@@ -13,7 +13,7 @@
 //! ```no_run
 //! use serve::{ModelConfig, Server, ServerOptions};
 //! # async fn run() -> Result<(), serve::ServerError> {
-//! let mut options = ServerOptions::new(vec![ModelConfig::new("vit", "/models/vit")]);
+//! let mut options = ServerOptions::new(vec![ModelConfig::new("vit", std::path::Path::new("/models/vit"))]);
 //! options.rest_addr = Some("127.0.0.1:0".parse().expect("address"));
 //! let server = Server::start(options).await?;
 //! println!("REST on {:?}", server.rest_addr());
@@ -30,17 +30,22 @@ mod connections;
 mod deadline;
 mod error;
 mod grpc;
+mod kserve;
 mod management;
 mod metrics;
+mod predict;
 mod rest;
 mod server;
 mod signature;
+mod source;
 mod table;
 mod textproto;
 mod tls;
+mod vertex;
 mod watcher;
 
-/// Protobuf types and gRPC stubs generated from `proto/` (TF Serving's packages), for clients and tests.
+/// Protobuf types and gRPC stubs generated from `proto/` (TF Serving's and KServe v2's packages), for
+/// clients and tests.
 pub mod proto {
     /// Package `tensorflow`: tensors, shapes, signatures.
     #[allow(missing_docs, clippy::all)]
@@ -55,6 +60,11 @@ pub mod proto {
             tonic::include_proto!("tensorflow.serving");
         }
     }
+    /// Package `inference`: the Open Inference Protocol (KServe v2) gRPC API.
+    #[allow(missing_docs, clippy::all)]
+    pub mod inference {
+        tonic::include_proto!("inference");
+    }
 }
 
 pub use auth::TokenFileError;
@@ -68,5 +78,7 @@ pub use rest::{DEFAULT_MAX_BODY_BYTES, predict_body_instances};
 pub use server::{
     DEFAULT_AUTH_TOKEN_POLL_INTERVAL, Server, ServerError, ServerOptions, UNBATCHED_QUEUE_CAPACITY,
 };
+pub use source::{BasePath, BasePathError};
 pub use table::{VersionChoice, VersionState, VersionStatus};
 pub use tls::DEFAULT_SSL_CONFIG_POLL_INTERVAL;
+pub use vertex::VertexRoutes;

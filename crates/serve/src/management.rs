@@ -3,7 +3,9 @@
 //! TF Serving accepts any reload from anyone who reaches its gRPC port: one request naming `/etc` as a
 //! base path unloads every served model. kiln refuses reloads unless the operator passes
 //! `--enable_model_management`, and then only for base paths under `--model_root` (when given), after the
-//! same checks as a `--model_config_file` ([`check_models`]). A refused reload changes nothing.
+//! same checks as a `--model_config_file` ([`check_models`]). A refused reload changes nothing. The root
+//! is a local directory, so with `--model_root` a reload cannot name an object-store URL either: which
+//! buckets a server may read is the operator's choice, made in the config file or on the command line.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use crate::config::{ConfigError, ModelConfig, ModelFields, PolicyFields, check_m
 use crate::error::ServeError;
 use crate::proto::tensorflow::serving::file_system_storage_path_source_config::servable_version_policy::PolicyChoice;
 use crate::proto::tensorflow::serving::{ModelServerConfig, model_server_config};
+use crate::source::BasePath;
 
 /// Whether reloads are allowed, and where their base paths may point.
 #[derive(Debug, Clone)]
@@ -124,23 +127,26 @@ impl ModelManagement {
         })?;
         if let Some(root) = &self.root {
             for model in &mut models {
-                model.base_path = confined(root, &model.name, &model.base_path)?;
+                model.base_path = confined(root, &model.name, &model.base_path)?.into();
             }
         }
         Ok(models)
     }
 }
 
-/// `base_path` resolved (symlinks and `..` followed) if it lies under `root`, else PERMISSION_DENIED.
-/// The resolved path is what gets served, so a symlink swapped later cannot lead the watcher out.
-fn confined(root: &Path, model: &str, base_path: &Path) -> Result<PathBuf, ServeError> {
+/// `base_path` resolved (symlinks and `..` followed) if it is a local path under `root`, else
+/// PERMISSION_DENIED. The resolved path is what gets served, so a symlink swapped later cannot lead the
+/// watcher out.
+fn confined(root: &Path, model: &str, base: &BasePath) -> Result<PathBuf, ServeError> {
     let denied = |why: String| {
         ServeError::PermissionDenied(format!(
-            "HandleReloadConfigRequest: model `{model}`: base_path `{}` {why}; reloads may only name \
+            "HandleReloadConfigRequest: model `{model}`: base_path `{base}` {why}; reloads may only name \
              directories under --model_root `{}`",
-            base_path.display(),
             root.display()
         ))
+    };
+    let Some(base_path) = base.as_local() else {
+        return Err(denied("is an object-store URL".into()));
     };
     if !base_path.is_absolute() {
         return Err(denied("is not an absolute path".into()));
@@ -190,6 +196,9 @@ mod tests {
         assert!(message.contains("--enable_model_management"), "{message}");
         let on = ModelManagement::new(true, None)?;
         assert_eq!(on.reload_configs(request(vec![model("vit", dir.path())]), None)?.len(), 1);
+        // Without --model_root, an object-store URL is a base path like any other.
+        let url = on.reload_configs(request(vec![model("vit", Path::new("gs://bucket/vit"))]), None)?;
+        assert_eq!(url[0].base_path.to_string(), "gs://bucket/vit");
         Ok(())
     }
 
@@ -202,13 +211,14 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("outside"), root.join("link"))?;
         let management = ModelManagement::new(true, Some(&root))?;
         let served = management.reload_configs(request(vec![model("vit", &root.join("vit"))]), None)?;
-        assert_eq!(served[0].base_path, root.canonicalize()?.join("vit"));
+        assert_eq!(served[0].base_path.as_local(), Some(root.canonicalize()?.join("vit").as_path()));
         for (path, why) in [
             (PathBuf::from("/etc"), "outside the root"),
             (root.join("../outside"), "outside the root"),
             (root.join("link"), "outside the root"),
             (root.join("missing"), "cannot be resolved"),
             (PathBuf::from("models/vit"), "is not an absolute path"),
+            (PathBuf::from("s3://bucket/models/vit"), "is an object-store URL"),
         ] {
             let (code, message) =
                 failure(management.reload_configs(request(vec![model("evil", &path)]), None))

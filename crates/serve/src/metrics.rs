@@ -63,6 +63,24 @@ impl Cancelled {
     }
 }
 
+/// What a model source was doing when it failed (the `operation` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SourceOperation {
+    /// Listing the base path's versions.
+    List,
+    /// Fetching a version into a local directory (an object-store download).
+    Materialize,
+}
+
+impl SourceOperation {
+    fn name(self) -> &'static str {
+        match self {
+            SourceOperation::List => "list",
+            SourceOperation::Materialize => "materialize",
+        }
+    }
+}
+
 /// Every metric the server records.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -75,6 +93,7 @@ pub(crate) struct Metrics {
     load_seconds: HistogramVec,
     warmup_latency: HistogramVec,
     load_attempts: IntCounterVec,
+    source_errors: IntCounterVec,
 }
 
 /// Latency buckets in microseconds, 100 µs to 60 s.
@@ -153,7 +172,15 @@ impl Metrics {
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(load_seconds.clone()))?;
         registry.register(Box::new(warmup_latency.clone()))?;
+        let source_errors = IntCounterVec::new(
+            Opts::new(
+                "kiln_model_source_errors_total",
+                "Failed polls of a model's base path (a store down, slow or refusing) while serving versions already loaded.",
+            ),
+            &["model_name", "operation"],
+        )?;
         registry.register(Box::new(load_attempts.clone()))?;
+        registry.register(Box::new(source_errors.clone()))?;
         Ok(Metrics {
             registry,
             request_count,
@@ -165,6 +192,7 @@ impl Metrics {
             load_seconds,
             warmup_latency,
             load_attempts,
+            source_errors,
         })
     }
 
@@ -215,6 +243,12 @@ impl Metrics {
         self.warmup_latency
             .with_label_values(&[path, if ok { "OK" } else { "FAILED" }])
             .observe(elapsed.as_secs_f64() * 1e6);
+    }
+
+    /// Counts a base path that could not be listed or a version that could not be fetched, not counting
+    /// versions whose content is bad (those are load failures).
+    pub(crate) fn count_source_error(&self, model: &str, operation: SourceOperation) {
+        self.source_errors.with_label_values(&[model, operation.name()]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -20,10 +20,11 @@ use regex::Regex;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::batch::JobError;
 use crate::config::MonitoringConfig;
 use crate::error::{ServeError, code_name};
+use crate::kserve;
 use crate::metrics::{Api, Entrypoint, Metrics};
+use crate::predict::{self, PredictInput, Predicted};
 use crate::signature::{self, OutputValue, SignaturePlan};
 use crate::table::{ModelTable, VersionChoice, VersionStatus};
 
@@ -74,8 +75,10 @@ pub(crate) fn router(state: Arc<RestState>) -> axum::Router {
 async fn dispatch(State(state): State<Arc<RestState>>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
-    // TF's dispatcher only takes `(?i)/v1/.*`; everything else falls through to the other handlers.
-    if path.get(..4).is_some_and(|prefix| prefix.eq_ignore_ascii_case("/v1/")) {
+    // TF's dispatcher only takes `(?i)/v1/.*`, the Open Inference Protocol `/v2`; everything else falls
+    // through to the other handlers.
+    let tf_serving = path.get(..4).is_some_and(|prefix| prefix.eq_ignore_ascii_case("/v1/"));
+    if tf_serving || kserve::rest::is_v2(&path) {
         if state.options.cors && method == Method::OPTIONS {
             return cors_preflight(&request);
         }
@@ -85,7 +88,14 @@ async fn dispatch(State(state): State<Arc<RestState>>, request: Request) -> Resp
         let mut call = Call { model: String::new(), api: None };
         // The queue drops a request still waiting at the deadline, so a 504 leaves no work behind.
         let deadline = started + timeout;
-        let handled = handle_v1(&state, &mut call, method, &path, request, deadline);
+        let handled = async {
+            if tf_serving {
+                let body = handle_v1(&state, &mut call, method, &path, request, deadline).await?;
+                Ok(json_response(StatusCode::OK, body))
+            } else {
+                kserve::rest::handle(&state, &mut call, method, &path, request, deadline).await
+            }
+        };
         // Whether the timer here or the queue noticed first, the client hears which flag set the deadline.
         let outcome = match tokio::time::timeout_at(deadline.into(), handled).await {
             Err(_) | Ok(Err(ServeError::DeadlineExceeded(_))) => Err(ServeError::DeadlineExceeded(format!(
@@ -98,10 +108,7 @@ async fn dispatch(State(state): State<Arc<RestState>>, request: Request) -> Resp
             let status = outcome.as_ref().map_or_else(|e| code_name(e.code()), |_| "OK");
             state.metrics.observe_request(&call.model, api, Entrypoint::Rest, status, started.elapsed());
         }
-        let mut response = match outcome {
-            Ok(body) => json_response(StatusCode::OK, body),
-            Err(error) => error_response(&error),
-        };
+        let mut response = outcome.unwrap_or_else(|error| error_response(&error));
         if cors {
             add_cors_headers(&mut response);
         }
@@ -122,10 +129,10 @@ async fn dispatch(State(state): State<Arc<RestState>>, request: Request) -> Resp
     }
 }
 
-/// Which model and API a `/v1` request turned out to be, for metrics.
-struct Call {
-    model: String,
-    api: Option<Api>,
+/// Which model and API a `/v1` or `/v2` request turned out to be, for metrics.
+pub(crate) struct Call {
+    pub(crate) model: String,
+    pub(crate) api: Option<Api>,
 }
 
 /// TF Serving's CORS headers: any origin, the two verbs the API uses, JSON bodies.
@@ -222,7 +229,7 @@ fn version_choice(version: Option<&str>, label: Option<String>) -> Result<Versio
 }
 
 /// Percent-decodes a path segment (TF uses curl_easy_unescape).
-fn unescape(segment: &str) -> String {
+pub(crate) fn unescape(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -247,7 +254,7 @@ fn unescape(segment: &str) -> String {
 /// An oversized body is still read to its end (and thrown away, within the request deadline): closing
 /// a connection with unread data makes the kernel reset it, and the reset destroys the 413 answer
 /// before a client that is still writing gets to read it.
-async fn read_body(request: Request, limit: usize) -> Result<Bytes, ServeError> {
+pub(crate) async fn read_body(request: Request, limit: usize) -> Result<Bytes, ServeError> {
     use http_body_util::BodyExt as _;
     let too_large =
         || ServeError::PayloadTooLarge(format!("Request body is larger than the limit of {limit} bytes"));
@@ -328,21 +335,9 @@ async fn predict(
 ) -> Result<String, ServeError> {
     let document = parse_json(body)?;
     let request = PredictBody::parse(&document)?;
-    let servable = table.resolve(name, choice)?;
-    let plan = request.plan(servable.model.manifest())?;
-    let strings = request.instances(&plan)?;
+    let Predicted { plan, predictions, .. } =
+        predict::predict(table, name, choice, &request, Some(deadline)).await?;
     let layout = request.layout;
-    let predictions = if strings.is_empty() {
-        Vec::new()
-    } else {
-        servable.predict(strings, Some(deadline)).await.map_err(|error| match error {
-            JobError::Instance { index, error } => ServeError::InvalidArgument(match layout {
-                Layout::Rows => format!("instance {index} of 'instances': {error}"),
-                Layout::Columns => format!("element {index} of input '{}': {error}", plan.input),
-            }),
-            JobError::Request(error) => error,
-        })?
-    };
     let value = |kind: signature::OutputKind, p| match kind.value(p) {
         OutputValue::Label(label) => Value::String(label.to_owned()),
         OutputValue::Confidence(c) => float_value(c),
@@ -383,8 +378,8 @@ async fn predict(
 pub fn predict_body_instances(body: &[u8], manifest: &Manifest) -> Result<Vec<Vec<u8>>, ServeError> {
     let document = parse_json(body)?;
     let request = PredictBody::parse(&document)?;
-    let plan = request.plan(manifest)?;
-    request.instances(&plan)
+    let plan = predict::plan(manifest, &request)?;
+    request.instances(&plan, usize::MAX)
 }
 
 /// A predict body checked as far as it can be before the model is known.
@@ -427,33 +422,44 @@ impl<'d> PredictBody<'d> {
         };
         Ok(PredictBody { signature_name, layout, payload })
     }
+}
 
-    fn plan(&self, manifest: &Manifest) -> Result<SignaturePlan, ServeError> {
-        let signature_name = self.signature_name;
-        SignaturePlan::find(manifest, signature_name)?.ok_or_else(|| {
-            ServeError::InvalidArgument(format!(
-                "Serving signature name: \"{signature_name}\" not found in signature def"
-            ))
-        })
+impl PredictInput for PredictBody<'_> {
+    fn signature_name(&self) -> &str {
+        self.signature_name
     }
 
-    fn instances(&self, plan: &SignaturePlan) -> Result<Vec<Vec<u8>>, ServeError> {
+    fn missing_signature(&self) -> ServeError {
+        ServeError::InvalidArgument(format!(
+            "Serving signature name: \"{}\" not found in signature def",
+            self.signature_name
+        ))
+    }
+
+    fn instances(&self, plan: &SignaturePlan, _: usize) -> Result<Vec<Vec<u8>>, ServeError> {
         match self.layout {
             Layout::Rows => row_strings(self.payload, plan),
             Layout::Columns => column_strings(self.payload, plan),
         }
     }
+
+    fn instance_error(&self, plan: &SignaturePlan, index: usize, error: String) -> ServeError {
+        ServeError::InvalidArgument(match self.layout {
+            Layout::Rows => format!("instance {index} of 'instances': {error}"),
+            Layout::Columns => format!("element {index} of input '{}': {error}", plan.input),
+        })
+    }
 }
 
 /// An f32 as JSON with its shortest round-trip decimal (TF writes floats the same way), not the f64
 /// widening's `0.9800000190734863`; non-finite values, which JSON cannot hold, become `null`.
-fn float_value(value: f32) -> Value {
+pub(crate) fn float_value(value: f32) -> Value {
     let text = value.to_string();
     let text = if text.contains(['.', 'e', 'E']) { text } else { format!("{text}.0") };
     text.parse::<serde_json::Number>().map(Value::Number).unwrap_or(Value::Null)
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, ServeError> {
+pub(crate) fn parse_json(body: &[u8]) -> Result<Value, ServeError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ServeError::InvalidArgument("JSON Parse error: The document is empty".into()));
     }
@@ -520,7 +526,7 @@ fn named_input<'v>(object: &'v Map<String, Value>, plan: &SignaturePlan) -> Resu
     Ok(&object[&plan.input])
 }
 
-fn row_strings(instances: &Value, plan: &SignaturePlan) -> Result<Vec<Vec<u8>>, ServeError> {
+pub(crate) fn row_strings(instances: &Value, plan: &SignaturePlan) -> Result<Vec<Vec<u8>>, ServeError> {
     let Value::Array(rows) = instances else {
         return Err(ServeError::InvalidArgument(format!(
             "JSON Value: {} Expecting 'instances' to be an list/array",
@@ -657,7 +663,7 @@ fn pretty(value: &impl Serialize, indent: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn json_response(status: StatusCode, body: String) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

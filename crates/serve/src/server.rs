@@ -19,11 +19,14 @@ use crate::deadline::DeadlineLayer;
 use crate::grpc::GrpcState;
 use crate::management::ModelManagement;
 use crate::metrics::Metrics;
+use crate::proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::tensorflow::serving::model_service_server::ModelServiceServer;
 use crate::proto::tensorflow::serving::prediction_service_server::PredictionServiceServer;
 use crate::rest::{self, RestOptions, RestState};
+use crate::source::{self, SourceOptions};
 use crate::table::{ModelTable, VersionChoice, VersionStatus};
 use crate::tls::{self, Tls};
+use crate::vertex::{self, VertexRoutes, VertexState};
 use crate::watcher::{ModelSet, WatchContext};
 
 /// Instances one version's queue holds when batching is off: enough to absorb bursts, small enough that a
@@ -84,6 +87,16 @@ pub struct ServerOptions {
     pub ssl_config_file: Option<PathBuf>,
     /// How often `ssl_config_file` is re-read for new certificates; zero reads it once.
     pub ssl_config_poll_interval: Duration,
+    /// Vertex AI's health and predict routes, served on the REST port; `None` serves neither.
+    pub vertex: Option<VertexRoutes>,
+    /// Where versions from `s3://`, `gs://` and `az://` base paths are downloaded (`--model_cache_dir`);
+    /// `None` uses a private directory under the system temp dir, made on first use and removed when
+    /// the server is dropped.
+    pub model_cache_dir: Option<PathBuf>,
+    /// object_store settings applied over each cloud's environment (`aws_endpoint`, `aws_allow_http`,
+    /// `google_service_account`, ...), for embedders that cannot set environment variables; `kiln
+    /// serve` leaves it empty.
+    pub object_store_config: Vec<(String, String)>,
 }
 
 impl ServerOptions {
@@ -110,6 +123,9 @@ impl ServerOptions {
             model_root: None,
             ssl_config_file: None,
             ssl_config_poll_interval: tls::DEFAULT_SSL_CONFIG_POLL_INTERVAL,
+            vertex: None,
+            model_cache_dir: None,
+            object_store_config: Vec::new(),
         }
     }
 
@@ -184,6 +200,13 @@ impl Server {
                 ConfigError::Flags("both gRPC and REST are disabled: nothing to serve on".into()).into()
             );
         }
+        if options.vertex.is_some() && options.rest_addr.is_none() {
+            return Err(ConfigError::Flags(
+                "the Vertex AI routes need the REST listener, which is disabled".into(),
+            )
+            .into());
+        }
+        source::check_store_config(&options.object_store_config).map_err(ConfigError::Flags)?;
         let tls = options.ssl_config_file.as_deref().map(Tls::load).transpose()?;
         let tokens = options.auth_token_file.as_deref().map(Tokens::load).transpose()?;
         let management =
@@ -203,6 +226,7 @@ impl Server {
             runtime: options.runtime.clone(),
             poll_interval: options.poll_interval,
             warmup: options.warmup,
+            sources: SourceOptions::new(options.model_cache_dir.clone(), options.object_store_config.clone()),
         };
         let models = Arc::new(
             ModelSet::start(options.models.clone(), context)
@@ -238,7 +262,12 @@ impl Server {
                         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
                 )
                 .add_service(
-                    ModelServiceServer::new(state)
+                    ModelServiceServer::new(state.clone())
+                        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+                )
+                .add_service(
+                    GrpcInferenceServiceServer::new(state)
                         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
                 );
@@ -284,22 +313,37 @@ impl Server {
                     cors: options.cors,
                 },
             });
+            let mut app = rest::router(state);
+            if let Some(routes) = options.vertex.clone() {
+                let state = VertexState {
+                    routes,
+                    table: table.clone(),
+                    metrics: metrics.clone(),
+                    timeout: options.rest_timeout,
+                    max_body_bytes: options.max_body_bytes,
+                };
+                app = vertex::layer(app, Arc::new(state));
+            }
             let limits = ConnectionLimits {
                 header_read_timeout: options.rest_timeout.max(MIN_HEADER_READ_TIMEOUT),
                 drain: drain_limit(&options),
             };
             tasks.push(tokio::spawn(connections::serve(
                 listener,
-                rest::router(state).layer(AuthLayer::new(
-                    tokens.clone(),
-                    rest_auth(&options),
-                    metrics.clone(),
-                )),
+                app.layer(AuthLayer::new(tokens.clone(), rest_auth(&options), metrics.clone())),
                 limits,
                 tls.clone(),
                 stopped.clone(),
             )));
             tracing::info!("Exporting HTTP/REST API at:{bound}{} ...", tls_note(tls.as_deref()));
+            if let Some(routes) = &options.vertex {
+                tracing::info!(
+                    model = %routes.model,
+                    "Vertex AI routes: health GET {}, predict POST {}",
+                    routes.health_route,
+                    routes.predict_route
+                );
+            }
             rest_addr = Some(bound);
         }
 
@@ -387,7 +431,11 @@ fn tls_note(tls: Option<&Tls>) -> &'static str {
 fn rest_auth(options: &ServerOptions) -> auth::Rest {
     let metrics = options.monitoring.enable && options.allow_unauthenticated_metrics;
     let metrics_path = metrics.then_some(options.monitoring.path.as_str());
-    auth::Rest::new(metrics_path, options.cors, options.rest_timeout, options.max_body_bytes)
+    let rest = auth::Rest::new(metrics_path, options.cors, options.rest_timeout, options.max_body_bytes);
+    match &options.vertex {
+        Some(vertex) => rest.with_open_path(&vertex.health_route),
+        None => rest,
+    }
 }
 
 /// The shortest time a REST client gets to send its headers and an idle keep-alive connection stays
@@ -452,7 +500,12 @@ async fn report_health(
         let ready = !models.is_empty() && models.iter().all(|(_, r)| *r);
         if last != Some(ready) {
             let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
-            for service in ["", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"] {
+            for service in [
+                "",
+                "tensorflow.serving.PredictionService",
+                "tensorflow.serving.ModelService",
+                "inference.GRPCInferenceService",
+            ] {
                 reporter.set_service_status(service, status).await;
             }
             last = Some(ready);

@@ -1,16 +1,23 @@
 //! One thread per model that polls its base path and loads, warms up and unloads versions.
 //!
+//! The base path is a [`VersionSource`] (a local directory or an object-store prefix): the watcher
+//! lists versions with a stamp each, has the source materialize a version into a local directory, and
+//! loads it from there; everything below is the same for every source.
+//!
 //! The order is TF Serving's availability-preserving policy: a new version is loaded and warmed up
 //! before it becomes AVAILABLE, and only then are versions outside the policy unloaded, so requests
 //! always find a version. A version that fails to load is reported (END with the error) and the previous
-//! one keeps serving; it is retried only when its directory changes. A deleted directory is unloaded
-//! after its in-flight requests finish. Loading is blocking work, which is why this is an OS thread.
+//! one keeps serving; it is retried only when its stamp changes, or at the next poll when the store
+//! rather than the version was at fault (a download that failed or timed out). A deleted version is
+//! unloaded after its in-flight requests finish. Loading is blocking work, which is why this is an OS
+//! thread.
 //!
 //! Faults found after a version loaded do not take it down, because what it serves is the copy that
-//! verified at load: files that change on disk and no longer verify set its status to DATA_LOSS, and a
-//! base path that cannot be listed sets every serving version to UNAVAILABLE until it can be again.
+//! verified at load: files that change on disk (the local copy it was loaded from) and no longer verify
+//! set its status to DATA_LOSS, and a base path that cannot be listed (a store that is down or slow)
+//! sets every serving version to UNAVAILABLE until it can be again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
@@ -21,7 +28,8 @@ use runtime::{Model, RuntimeError, RuntimeOptions};
 
 use crate::batch::{BatchOptions, BatchQueue, QueueLabels};
 use crate::config::ModelConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SourceOperation};
+use crate::source::{self, BasePath, SourceError, SourceOptions, VersionSource, VersionStamp};
 use crate::table::{ModelTable, ServableModel, VersionState};
 
 /// How long an unloading version may take to finish its in-flight requests before it is dropped anyway
@@ -39,6 +47,8 @@ pub(crate) struct WatchContext {
     pub(crate) poll_interval: Duration,
     /// Whether versions are warmed up before they become AVAILABLE.
     pub(crate) warmup: bool,
+    /// The object-store cache and settings every source shares.
+    pub(crate) sources: SourceOptions,
 }
 
 /// A stop flag a sleeping watcher wakes up for.
@@ -71,6 +81,7 @@ impl ModelWatcher {
                 config,
                 latest,
                 context,
+                source: None,
                 failed: BTreeMap::new(),
                 verified: BTreeMap::new(),
                 base_fault: None,
@@ -129,15 +140,6 @@ impl Drop for ModelWatcher {
     fn drop(&mut self) {
         self.signal_stop();
     }
-}
-
-/// What identifies a version directory's content cheaply: modification times of the directory and its
-/// manifest. A failed version is retried when this changes (a copy finished, a file was replaced).
-type Fingerprint = (Option<SystemTime>, Option<SystemTime>);
-
-fn fingerprint(dir: &Path) -> Fingerprint {
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    (mtime(dir), mtime(&dir.join(artifact::MANIFEST_FILE)))
 }
 
 /// Size and modification time of each file of a loaded version (`None`: absent), by manifest name.
@@ -203,6 +205,19 @@ fn serving_error(data_loss: Option<&str>, base_fault: Option<&str>) -> Option<(t
         .or_else(|| base_fault.map(|m| (tonic::Code::Unavailable, m.to_owned())))
 }
 
+/// The status code of a version whose files do not verify: damaged content is DATA_LOSS, missing
+/// content NOT_FOUND.
+fn artifact_error_code(error: &artifact::ArtifactError) -> tonic::Code {
+    match error {
+        artifact::ArtifactError::DigestMismatch { .. }
+        | artifact::ArtifactError::ManifestDigestMismatch { .. } => tonic::Code::DataLoss,
+        artifact::ArtifactError::MissingManifest { .. } | artifact::ArtifactError::MissingFile { .. } => {
+            tonic::Code::NotFound
+        }
+        _ => tonic::Code::Unknown,
+    }
+}
+
 /// `error` and its sources joined with `: `, as anyhow's `{:#}` prints a chain: the artifact crate keeps
 /// OS causes as sources, and a status without one (`cannot list directory ...`) would not say why.
 fn with_causes(error: &dyn std::error::Error) -> String {
@@ -214,8 +229,10 @@ struct Watch {
     config: ModelConfig,
     latest: Arc<RwLock<ModelConfig>>,
     context: WatchContext,
-    /// Versions that failed to load, with the directory fingerprint they failed with.
-    failed: BTreeMap<u64, Fingerprint>,
+    /// The source of `config.base_path`, opened at the first poll and again when the base path changes.
+    source: Option<(BasePath, Box<dyn VersionSource>)>,
+    /// Versions whose content failed to load, with the stamp they failed with.
+    failed: BTreeMap<u64, VersionStamp>,
     /// Serving versions' files as of their last verification.
     verified: BTreeMap<u64, VerifiedFiles>,
     /// Why the base path cannot be listed (the status message); `None` while it can.
@@ -229,12 +246,12 @@ impl Watch {
 
     fn poll(&mut self) {
         self.config = self.latest.read().unwrap_or_else(PoisonError::into_inner).clone();
-        let base = &self.config.base_path;
-        let found = match artifact::list_versions(base) {
+        let found = match self.list() {
             Ok(found) => found,
             Err(error) => {
-                // A missing or unreadable base keeps what is loaded: a transient mount problem should not
-                // take the model down.
+                // A missing or unreadable base keeps what is loaded: a transient mount or store problem
+                // should not take the model down.
+                self.context.metrics.count_source_error(self.name(), SourceOperation::List);
                 self.base_unlisted(&error);
                 return;
             }
@@ -243,33 +260,32 @@ impl Watch {
             tracing::warn!(
                 "No versions of servable {} found under base path {}. Did you forget to name your leaf directory as a number (eg. '/1/')?",
                 self.name(),
-                base.display()
+                self.config.base_path
             );
         }
         self.base_listed();
-        let dirs: BTreeMap<u64, PathBuf> = found.iter().map(|v| (v.version(), v.path().to_owned())).collect();
-        let numbers: Vec<u64> = dirs.keys().copied().collect();
+        let numbers: Vec<u64> = found.keys().copied().collect();
         let aspired = self.config.policy.select(&numbers);
         let table = self.context.table.clone();
 
         for version in table.versions_in(self.name(), VersionState::Available) {
-            if !dirs.contains_key(&version) {
+            if !found.contains_key(&version) {
                 tracing::info!(model = self.name(), version, "version directory removed; unloading");
                 self.unload(version);
             }
         }
-        self.failed.retain(|v, _| dirs.contains_key(v));
+        self.failed.retain(|v, _| found.contains_key(v));
         self.check_files();
         for &version in aspired.iter().rev() {
             let status = table.version_status(self.name(), version);
             if status.is_some_and(|s| s.state == VersionState::Available) {
                 continue;
             }
-            let dir = &dirs[&version];
-            if self.failed.get(&version) == Some(&fingerprint(dir)) {
+            let stamp = found[&version];
+            if self.failed.get(&version) == Some(&stamp) {
                 continue;
             }
-            self.load(version, dir);
+            self.load(version, stamp);
         }
         let any_aspired_available = aspired.iter().any(|&v| {
             table.version_status(self.name(), v).is_some_and(|s| s.state == VersionState::Available)
@@ -286,19 +302,63 @@ impl Watch {
                 }
             }
         }
+        self.retain_local_copies();
     }
 
-    fn load(&mut self, version: u64, dir: &Path) {
+    /// Lists the base path's versions, opening its source first when the base path is new.
+    fn list(&mut self) -> Result<source::Listing, SourceError> {
+        let base = &self.config.base_path;
+        let (_, source) = match self.source.take() {
+            Some((opened, source)) if opened == *base => self.source.insert((opened, source)),
+            _ => self
+                .source
+                .insert((base.clone(), source::open(&self.config.name, base, &self.context.sources)?)),
+        };
+        source.list()
+    }
+
+    /// Lets the source drop local copies of versions that are not serving.
+    fn retain_local_copies(&mut self) {
+        let serving: BTreeSet<u64> =
+            self.context.table.versions_in(self.name(), VersionState::Available).into_iter().collect();
+        if let Some((_, source)) = &mut self.source {
+            source.retain_local(&serving);
+        }
+    }
+
+    fn load(&mut self, version: u64, stamp: VersionStamp) {
         let name = self.config.name.clone();
-        let table = &self.context.table;
-        let print = fingerprint(dir);
-        let load_started = SystemTime::now();
+        let table = self.context.table.clone();
         table.set_state(&name, version, VersionState::Start, None);
         table.set_state(&name, version, VersionState::Loading, None);
-        tracing::info!(model = %name, version, dir = %dir.display(), "loading version");
         let started = Instant::now();
+        let materialized = match &mut self.source {
+            Some((_, source)) => source.materialize(version),
+            None => Err(SourceError::NotListed(version)),
+        };
+        let dir = match materialized {
+            Ok(dir) => dir,
+            Err(error) => {
+                let message = with_causes(&error);
+                let code = match &error {
+                    SourceError::Content { source, .. } => artifact_error_code(source),
+                    _ => tonic::Code::Unavailable,
+                };
+                if error.is_content() {
+                    self.failed.insert(version, stamp);
+                } else {
+                    // The store or the local disk failed, not the version: the next poll tries again.
+                    self.context.metrics.count_source_error(&name, SourceOperation::Materialize);
+                }
+                tracing::error!(model = %name, version, base = %self.config.base_path, "cannot fetch version: {message}");
+                table.set_state(&name, version, VersionState::End, Some((code, message)));
+                return;
+            }
+        };
+        let load_started = SystemTime::now();
+        tracing::info!(model = %name, version, dir = %dir.display(), "loading version");
         let path = dir.display().to_string();
-        match self.load_servable(version, dir) {
+        match self.load_servable(version, &dir) {
             Ok(servable) => {
                 self.context.metrics.observe_load(&name, &path, true, started.elapsed());
                 self.failed.remove(&version);
@@ -316,7 +376,7 @@ impl Watch {
             Err((code, message)) => {
                 self.context.metrics.observe_load(&name, &path, false, started.elapsed());
                 tracing::error!(model = %name, version, "loading failed: {message}");
-                self.failed.insert(version, print);
+                self.failed.insert(version, stamp);
                 table.set_state(&name, version, VersionState::End, Some((code, message)));
             }
         }
@@ -324,9 +384,9 @@ impl Watch {
 
     /// Records that the base path cannot be listed and reports it on every serving version; logged once
     /// per distinct cause, as a vanished mount would otherwise log every poll.
-    fn base_unlisted(&mut self, error: &artifact::ArtifactError) {
+    fn base_unlisted(&mut self, error: &SourceError) {
         let cause = with_causes(error);
-        let base = self.config.base_path.display();
+        let base = &self.config.base_path;
         let message = format!("base path {base} cannot be listed: {cause}; serving versions loaded before");
         if self.base_fault.as_ref() == Some(&message) {
             return;
@@ -339,7 +399,7 @@ impl Watch {
     /// Clears the base path fault after a successful listing.
     fn base_listed(&mut self) {
         if self.base_fault.take().is_some() {
-            let base = self.config.base_path.display();
+            let base = &self.config.base_path;
             tracing::info!(model = self.name(), "base path {base} can be listed again");
             self.report_serving_errors();
         }
@@ -401,14 +461,7 @@ impl Watch {
     fn load_servable(&self, version: u64, dir: &Path) -> Result<Arc<ServableModel>, (tonic::Code, String)> {
         let load_error = |error: RuntimeError| {
             let code = match &error {
-                RuntimeError::Artifact(
-                    artifact::ArtifactError::DigestMismatch { .. }
-                    | artifact::ArtifactError::ManifestDigestMismatch { .. },
-                ) => tonic::Code::DataLoss,
-                RuntimeError::Artifact(
-                    artifact::ArtifactError::MissingManifest { .. }
-                    | artifact::ArtifactError::MissingFile { .. },
-                ) => tonic::Code::NotFound,
+                RuntimeError::Artifact(error) => artifact_error_code(error),
                 _ => tonic::Code::Unknown,
             };
             (code, format!("{error:#}"))
@@ -483,10 +536,11 @@ impl Watch {
         tracing::info!(model = self.name(), version, "version unloaded");
     }
 
-    fn unload_all(&self) {
+    fn unload_all(&mut self) {
         for version in self.context.table.versions_in(self.name(), VersionState::Available) {
             self.unload(version);
         }
+        self.retain_local_copies();
     }
 }
 

@@ -18,14 +18,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 pub use worker::{WorkerArgs, run as run_worker};
 
+use crate::venv::{Pins, prepare_venv};
 use crate::{kiln_export, workspace_root};
-
-/// Marker in the virtualenv holding the digest of the requirements it was built from.
-const VENV_STAMP: &str = "kiln-bench-requirements.sha256";
 
 /// Fixture images the end-to-end and preprocessing engines cycle through: JPEGs of several sizes and
 /// subsamplings, as a serving workload would send.
@@ -104,7 +101,11 @@ pub fn run(args: &Args) -> Result<()> {
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let python = match &args.python {
         Some(python) => python.clone(),
-        None => prepare_venv(&root)?,
+        None => prepare_venv(
+            &root.join("target/bench-venv"),
+            &root.join("xtask/bench/requirements.txt"),
+            Pins::Direct,
+        )?,
     };
 
     step("building kiln and the bench worker (release)");
@@ -557,36 +558,4 @@ fn accuracy_table(md: &mut String, exports: &BTreeMap<&str, Value>) {
 
 fn is_pipeline(engine: Engine) -> bool {
     [KILN_E2E.name, PYTHON_E2E.name, KILN_PREP.name, PYTHON_PREP.name].contains(&engine.name)
-}
-
-/// Creates (or reuses) `target/bench-venv` with the pinned requirements, returning its interpreter.
-fn prepare_venv(root: &Path) -> Result<PathBuf> {
-    let venv = root.join("target/bench-venv");
-    let python = venv.join("bin/python");
-    let requirements = root.join("xtask/bench/requirements.txt");
-    let wanted = {
-        let text = fs::read(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
-        Sha256::digest(&text).iter().fold(String::new(), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
-    };
-    let stamp = venv.join(VENV_STAMP);
-    if python.exists() && fs::read_to_string(&stamp).is_ok_and(|found| found.trim() == wanted) {
-        return Ok(python);
-    }
-    step(&format!("installing {} into {}", requirements.display(), venv.display()));
-    if !python.exists() {
-        let status =
-            Command::new("python3").arg("-m").arg("venv").arg(&venv).status().context("python3 -m venv")?;
-        ensure!(status.success(), "creating {} failed", venv.display());
-    }
-    let status = Command::new(&python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
-        .arg(&requirements)
-        .status()
-        .context("running pip")?;
-    ensure!(status.success(), "pip install -r {} failed", requirements.display());
-    fs::write(&stamp, format!("{wanted}\n")).with_context(|| format!("writing {}", stamp.display()))?;
-    Ok(python)
 }

@@ -11,7 +11,10 @@
 //! cargo xtask fuzz --seconds 60  # every fuzz target for 60 s each (nightly + cargo-fuzz)
 //! cargo xtask soak --seconds 60  # kiln serve under 70/30 good/bad load across a version swap
 //! cargo xtask bench [--quick]     # kiln vs ONNX Runtime vs PyTorch on ViT-B/16, tables in target/bench
-//! cargo xtask client-compat       # the seed's Python REST + gRPC clients against kiln serve (PyPI)
+//! cargo xtask client-compat       # the seed's TF Serving clients and tritonclient (KServe v2) (PyPI)
+//! cargo xtask image               # OCI image offline (static musl kiln, umoci), run from the unpacked image
+//! cargo xtask manifests           # crates/kiln/deploy/kubernetes rendered and validated offline (PyPI)
+//! cargo xtask scale               # rolling update of 3 kiln serve replicas behind HAProxy, 0 failures
 //! ```
 
 mod bench;
@@ -19,7 +22,11 @@ mod client_compat;
 mod demo;
 mod fixtures;
 mod fuzz;
+mod image;
+mod manifests;
+mod scale;
 mod soak;
+mod venv;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -43,8 +50,9 @@ enum Task {
     /// The kiln side of `bench`, started by it from a release build.
     #[command(hide = true)]
     BenchWorker(bench::WorkerArgs),
-    /// Run the seed's Python REST and gRPC clients, unchanged, against `kiln serve` (needs PyPI; not in CI).
-    ClientCompat,
+    /// Run real Python clients (the seed's TF Serving snippets, tritonclient over KServe v2) against
+    /// `kiln serve` (needs PyPI; not in CI).
+    ClientCompat(client_compat::Args),
     /// Export the committed fixture model, show its signature, classify a few images, then serve it and
     /// send REST and gRPC predict requests.
     Demo,
@@ -58,6 +66,12 @@ enum Task {
     Fixtures(fixtures::Args),
     /// Run every cargo-fuzz target in crates/fuzz for a bounded time; fails on any crash.
     Fuzz(fuzz::Args),
+    /// Build kiln's OCI image offline (static musl build packed by umoci) and serve from the unpacked image.
+    Image,
+    /// Render the Kubernetes and KServe manifests and validate them offline against their schemas.
+    Manifests,
+    /// Roll a new model version through 3 `kiln serve` replicas behind HAProxy under REST and gRPC load.
+    Scale(scale::Args),
     /// Drive `kiln serve` with concurrent good and bad REST/gRPC requests across a version swap.
     Soak(soak::Args),
 }
@@ -67,11 +81,14 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Bench(args) => bench::run(&args),
         Task::BenchWorker(args) => bench::run_worker(&args),
-        Task::ClientCompat => client_compat::run(),
+        Task::ClientCompat(args) => client_compat::run(args),
         Task::Demo => demo::run(),
         Task::Export { args } => export(&args),
         Task::Fixtures(args) => fixtures::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Image => image::run(),
+        Task::Manifests => manifests::run(),
+        Task::Scale(args) => scale::run(&args),
         Task::Soak(args) => soak::run(&args),
     };
     match result {
@@ -125,6 +142,15 @@ fn kiln_export(kiln: &Path, checkpoint: &Path, base: &Path, extra: &[String]) ->
     );
     let printed = String::from_utf8(output.stdout).context("kiln export printed a non-UTF-8 path")?;
     Ok(PathBuf::from(printed.lines().last().context("kiln export printed no version directory")?))
+}
+
+/// Runs `command` with its output shown, failing with the command line if it does not succeed.
+fn run_checked(command: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{command:?}");
+    println!("$ {shown}");
+    let status = command.status().with_context(|| format!("starting {shown}"))?;
+    anyhow::ensure!(status.success(), "{shown} failed ({status})");
+    Ok(())
 }
 
 /// The workspace root, so tasks behave the same from any working directory.

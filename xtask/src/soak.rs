@@ -25,7 +25,7 @@ use crate::{kiln_export, release_kiln, workspace_root};
 use kiln_e2e::KilnServer;
 
 /// The served model's name.
-const MODEL: &str = "vit";
+pub(crate) const MODEL: &str = "vit";
 
 /// Percentage of requests that are good.
 const GOOD_PERCENT: u64 = 70;
@@ -99,7 +99,7 @@ impl Expect {
 
 /// How a request ended, by the status clients branch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Class {
+pub(crate) enum Class {
     Ok,
     /// HTTP 400 / INVALID_ARGUMENT or FAILED_PRECONDITION.
     BadRequest,
@@ -156,7 +156,7 @@ fn grpc_class(code: tonic::Code) -> Class {
 }
 
 /// One request, prepared before the clock starts so the clients spend their CPU on sending.
-enum Payload {
+pub(crate) enum Payload {
     /// A JSON body for `POST /v1/models/<model>:predict`.
     Rest { model: &'static str, body: Vec<u8> },
     /// A Predict call.
@@ -164,16 +164,16 @@ enum Payload {
 }
 
 /// A kind of request with its expected answer.
-struct Kind {
-    name: String,
-    payload: Payload,
+pub(crate) struct Kind {
+    pub(crate) name: String,
+    pub(crate) payload: Payload,
     expect: Expect,
 }
 
 /// All request kinds; clients draw good ones with [`GOOD_PERCENT`] probability.
-struct Cases {
-    kinds: Vec<Kind>,
-    good: Vec<usize>,
+pub(crate) struct Cases {
+    pub(crate) kinds: Vec<Kind>,
+    pub(crate) good: Vec<usize>,
     bad: Vec<usize>,
 }
 
@@ -198,7 +198,7 @@ fn predict_request(model: &str, tensor: TensorProto) -> PredictRequest {
 /// The good images (every top-level image in `fixtures/images`, each sent four ways) with labels from
 /// the artifact run in-process, and the bad requests of the serve README's bad-input table that a soak
 /// can repeat cheaply.
-fn cases(root: &Path, version_dir: &Path, checkpoint: &Path) -> anyhow::Result<Cases> {
+pub(crate) fn cases(root: &Path, version_dir: &Path, checkpoint: &Path) -> anyhow::Result<Cases> {
     let images_dir = root.join("fixtures/images");
     let mut images: Vec<(String, Vec<u8>)> = Vec::new();
     for entry in
@@ -353,14 +353,14 @@ fn check_reference(
 }
 
 /// What one client saw for one request.
-struct Record {
-    kind: usize,
-    class: Class,
+pub(crate) struct Record {
+    pub(crate) kind: usize,
+    pub(crate) class: Class,
     /// For good requests answered OK: whether the label matched.
-    correct: bool,
-    latency: Duration,
+    pub(crate) correct: bool,
+    pub(crate) latency: Duration,
     /// The version a gRPC response named.
-    version: Option<i64>,
+    pub(crate) version: Option<i64>,
 }
 
 async fn soak(
@@ -480,17 +480,17 @@ async fn run_clients(
     Ok(records)
 }
 
-struct Client {
-    cases: Arc<Cases>,
-    http: reqwest::Client,
-    grpc: PredictionServiceClient<Channel>,
-    rest_url: String,
-    rng: u64,
+pub(crate) struct Client {
+    pub(crate) cases: Arc<Cases>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) grpc: PredictionServiceClient<Channel>,
+    pub(crate) rest_url: String,
+    pub(crate) rng: u64,
 }
 
 impl Client {
     /// xorshift64: a fixed sequence per client without a dependency.
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
@@ -524,7 +524,7 @@ impl Client {
         records
     }
 
-    async fn send(&mut self, kind: usize) -> Record {
+    pub(crate) async fn send(&mut self, kind: usize) -> Record {
         let started = Instant::now();
         let cases = Arc::clone(&self.cases);
         let case = &cases.kinds[kind];
@@ -583,7 +583,11 @@ impl Client {
 
 /// Waits until `version` is the only version of the served model left (available, the previous one
 /// unloaded) and returns when that was seen, from the start of the wait.
-async fn wait_for_swap(http: &reqwest::Client, rest_url: &str, version: u64) -> anyhow::Result<Duration> {
+pub(crate) async fn wait_for_swap(
+    http: &reqwest::Client,
+    rest_url: &str,
+    version: u64,
+) -> anyhow::Result<Duration> {
     let url = format!("{rest_url}/v1/models/{MODEL}");
     let waited = Instant::now();
     let mut last = String::new();
@@ -754,7 +758,7 @@ impl Report {
 }
 
 /// `p` in 0..=100 of sorted latencies, nearest rank.
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: usize) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

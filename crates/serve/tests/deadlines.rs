@@ -140,9 +140,11 @@ async fn a_burst_of_expired_requests_does_not_delay_the_next_good_one() -> TestR
         after_burst < single * 3,
         "the good request took {after_burst:?} after the burst, {single:?} alone"
     );
-    // Most of the burst expires before its handler runs (answered by the deadline layer); the rest is
-    // dropped from the queue and counted.
-    let text = metric_reaches(&server, CANCELLED_DEADLINE, 1.0).await?;
+    // Most of the burst expires before its handler runs (answered by the deadline layer), the rest in
+    // the queue, where the batch thread drops it unrun before it reaches the good request behind it;
+    // the split depends on the machine's load (under a loaded CI all fifty may be answered by the
+    // layer), so only the sum is certain: none of the burst reached the graph.
+    let text = metric_reaches(&server, GRAPH_INSTANCES, 5.0).await?;
     let cancelled = metric(&text, CANCELLED_DEADLINE);
     eprintln!("dropped from the queue: {cancelled} of {BURST}; graph runs: {}", metric(&text, GRAPH_RUNS));
     // Only the five good requests reached the graph.

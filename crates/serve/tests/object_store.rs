@@ -179,7 +179,10 @@ async fn a_failing_store_keeps_the_loaded_version_serving() -> TestResult {
     assert!(status.error_message.contains("s3://models/vit/2/"), "{status:?}");
     wait_for_status(&server, 1, "cleared", |s| s.error_code == tonic::Code::Ok).await?;
     assert_eq!(predict(&server, &cat).await?.0, 1);
-    assert_eq!(cached(cache.path())?, ["1"]);
+    // Polls keep retrying version 2 while reads fail, so a hidden download may be in progress; no version
+    // but 1 may be visible (a leaked download would show at shutdown, where the cache must be empty).
+    let visible: Vec<String> = cached(cache.path())?.into_iter().filter(|n| !n.starts_with('.')).collect();
+    assert_eq!(visible, ["1"]);
 
     // The store recovers: version 2 downloads and takes over.
     s3.set_failing(Failing::Nothing);

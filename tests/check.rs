@@ -131,8 +131,15 @@ fn a_different_model_against_its_baseline_fails_listing_the_flips() -> anyhow::R
     let images = fixture("images");
     let (old, new, images) = (utf8(&old)?, utf8(&new)?, utf8(&images)?);
 
-    let (code, stdout, stderr) = check(&["--dir", new, "--baseline", old, "--images", images])?;
+    let work = tempfile::tempdir()?;
+    let report = work.path().join("report.html");
+    let (code, stdout, stderr) =
+        check(&["--dir", new, "--baseline", old, "--images", images, "--report", utf8(&report)?])?;
     ensure!(code == 1, "tiny-vit vs odd-vit must fail ({code}):\n{stdout}{stderr}");
+    check_flip_report(&fs::read_to_string(&report)?)?;
+    // Kept for a person (and the browser test's screenshot) to look at.
+    let target = kiln_e2e::kiln_binary()?.parent().and_then(Path::parent).map(Path::to_path_buf);
+    fs::copy(&report, target.context("no target dir")?.join("report-tiny-vs-odd.html"))?;
     // Every label is renamed in odd-vit, so every classified image flips; both refused images agree.
     ensure!(stdout.contains("top-1 agreement 0.0645 (29 flips)"), "{stdout}");
     let chelsea =
@@ -162,6 +169,26 @@ fn a_different_model_against_its_baseline_fails_listing_the_flips() -> anyhow::R
     ])?;
     ensure!(code == 0, "a version against itself must pass:\n{stdout}");
     ensure!(stdout.contains("top-1 agreement 1.0000 (0 flips)") && stdout.contains("max 0.00e0"), "{stdout}");
+    Ok(())
+}
+
+/// The HTML report of tiny-vit vs odd-vit: self-contained, the verdict, and each of the 29 flips as a card
+/// with the file's thumbnail and both models' inputs embedded.
+fn check_flip_report(html: &str) -> anyhow::Result<()> {
+    ensure!(html.starts_with("<!DOCTYPE html>") && html.contains("FAIL: regression"), "{html}");
+    ensure!(!html.contains("<script") && !html.contains("src=\"http"), "the report must need no network");
+    ensure!(html.contains("no confidence to compare"), "every label differs, so no histogram can be drawn");
+    ensure!(html.contains("29 flipped, 0 drifted") && html.contains("the worst 29 shown, 0 more"), "{html}");
+    ensure!(html.matches("<div class=\"card\">").count() == 29, "29 flip cards expected");
+    let thumbnails = html.matches("<img class=\"thumbnail\" src=\"data:image/jpeg;base64,").count();
+    let inputs = html.matches("<img class=\"input\" src=\"data:image/jpeg;base64,").count();
+    ensure!(thumbnails == 29 && inputs == 58, "{thumbnails} thumbnails and {inputs} model inputs");
+    let chelsea = fixture("images/chelsea.jpg").display().to_string();
+    let card =
+        html.find(&format!("<div class=\"path\">{chelsea}</div>")).context("no card for chelsea.jpg")?;
+    let card = &html[card..];
+    let card = &card[..card.find("</table>").context("unterminated card")?];
+    ensure!(card.contains("data:image/jpeg;base64,") && card.contains("&quot;red square&quot;"), "{card}");
     Ok(())
 }
 

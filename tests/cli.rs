@@ -81,6 +81,41 @@ fn run_reports_bad_instances_and_classifies_the_rest() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Off a terminal (here a pipe) progress is plain time-stamped lines on stderr; with `--json` there is
+/// none, and stdout is one JSON object per image and nothing else.
+#[test]
+fn run_progress_is_plain_lines_off_a_terminal_and_absent_with_json() -> anyhow::Result<()> {
+    let (_base, version) = export(&tiny(), &[])?;
+    let shapes = ["red circle", "green square", "blue triangle"];
+    let images: Vec<String> = shapes
+        .iter()
+        .map(|shape| fixture(&format!("images/shape-{}.jpg", shape.replace(' ', "-"))).display().to_string())
+        .collect();
+    let mut args = vec!["run", "--dir", version.to_str().context("utf-8")?, "--image"];
+    args.extend(images.iter().map(String::as_str));
+
+    let plain = kiln(&args)?;
+    let stderr = String::from_utf8(plain.stderr)?;
+    ensure!(plain.status.success(), "{stderr}");
+    ensure!(!stderr.contains(['\r', '\x1b']), "bar drawing off a terminal: {stderr:?}");
+    let progress: Vec<&str> =
+        stderr.lines().map(|line| line.split_once("s] ").map_or(line, |(_, text)| text)).collect();
+    ensure!(progress.len() == 2 && stderr.lines().all(|l| l.starts_with('[')), "{stderr}");
+    ensure!(progress[0].starts_with("classifying with ") && progress[0].ends_with(": 0/3"), "{stderr}");
+    ensure!(progress[1].ends_with(": 3/3"), "{stderr}");
+
+    args.insert(1, "--json");
+    let json = kiln(&args)?;
+    ensure!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+    ensure!(json.stderr.is_empty(), "--json printed on stderr: {}", String::from_utf8_lossy(&json.stderr));
+    let stdout = String::from_utf8(json.stdout)?;
+    let answers: Vec<serde_json::Value> =
+        stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let labels: Vec<&str> = answers.iter().filter_map(|a| a["label"].as_str()).collect();
+    ensure!(labels == shapes, "{stdout}");
+    Ok(())
+}
+
 #[test]
 fn run_refuses_a_corrupted_artifact_naming_the_file() -> anyhow::Result<()> {
     let (_base, version) = export(&tiny(), &[])?;

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the TF Serving seed's walkthrough in one command, offline: export the committed
-//! fixture model, show its signature, classify a few fixture images, then serve it with `kiln serve` and
-//! send the seed's REST and gRPC predict requests from Rust clients.
+//! fixture model, show its signature, say what it was trained on, classify drawn shapes it knows (and one
+//! photo it does not, said as such), then serve it with `kiln serve`, send the seed's REST and gRPC predict
+//! requests from Rust clients, and point at the try-it page and at exporting a real hub checkpoint.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,10 +16,23 @@ use crate::{release_kiln, workspace_root};
 use kiln_e2e::KilnServer;
 
 /// The image the serving half of the demo sends.
-const SERVED_IMAGE: &str = "chelsea.jpg";
+const SERVED_IMAGE: &str = "shape-blue-triangle.jpg";
 
-/// Images classified by the demo, relative to `fixtures/images/`.
-const IMAGES: &[&str] = &["shape-red-circle.jpg", "shape-green-square.jpg", "chelsea.jpg", "logo-rgba.png"];
+/// Drawn shapes of the fixture model's own classes, relative to `fixtures/images/`.
+const IMAGES: &[&str] = &["shape-red-circle.jpg", "shape-green-square.jpg", "shape-blue-triangle.jpg"];
+
+/// A photo outside what the fixture model knows, classified to show what any classifier does with one.
+const OUT_OF_DOMAIN_IMAGE: &str = "chelsea.jpg";
+
+/// What the fixture model learned (fixtures/README.md says how): a newcomer must read this before the
+/// answers, or a shape label on a photo reads as a broken model.
+const TRAINED_ON: &str = "\
+tiny-vit is a 4-layer ViT trained on procedurally drawn images (fixtures/generate.py): one circle, square or
+triangle in red, green or blue on a noisy background. It knows only these classes";
+
+/// How to try a real model, as README.md says it.
+const HUB_EXPORT: &str = "huggingface-cli download google/vit-base-patch16-224 --local-dir vit && \
+                          kiln export --checkpoint vit --base models/vit";
 
 /// Builds the `kiln` binary, then runs export, show and run with it, as a user would.
 pub fn run() -> anyhow::Result<()> {
@@ -39,14 +53,47 @@ pub fn run() -> anyhow::Result<()> {
         &kiln,
         &["show", "--dir", &version_dir, "--tag_set", "serve", "--signature_def", "serving_default"],
     )?;
+    println!("\n{TRAINED_ON}: {}.", labels(&checkpoint)?.join(", "));
     let images: Vec<String> =
         IMAGES.iter().map(|i| root.join("fixtures/images").join(i).display().to_string()).collect();
     let mut args = vec!["run", "--json", "--dir", version_dir.as_str(), "--image"];
     args.extend(images.iter().map(String::as_str));
     step(&kiln, &args)?;
+    println!(
+        "\nOut of domain: {OUT_OF_DOMAIN_IMAGE} is a photo of a cat, not a drawn shape. A classifier always \
+         answers with one of its classes, often confidently, so the label below means nothing; a real \
+         checkpoint (last line) knows cats."
+    );
+    let cat = root.join("fixtures/images").join(OUT_OF_DOMAIN_IMAGE).display().to_string();
+    step(&kiln, &["run", "--json", "--dir", &version_dir, "--image", &cat])?;
     let image = std::fs::read(root.join("fixtures/images").join(SERVED_IMAGE))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(serve_and_call(&kiln, Path::new(base), &image))
+    runtime.block_on(serve_and_call(&kiln, Path::new(base), &image))?;
+    println!(
+        "\nTry it yourself: kiln serve --model_name vit --model_base_path {base}\n\
+         then open http://127.0.0.1:8501/ (the status and try-it page on the REST port).\n\
+         A real model from the Hugging Face hub:\n  {HUB_EXPORT}"
+    );
+    Ok(())
+}
+
+/// The class names in the checkpoint's `config.json`, in class-index order.
+fn labels(checkpoint: &Path) -> anyhow::Result<Vec<String>> {
+    let path = checkpoint.join("config.json");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("parsing {}", path.display()))?;
+    let id2label =
+        config["id2label"].as_object().with_context(|| format!("{}: no id2label", path.display()))?;
+    let mut labels: Vec<(u64, String)> = id2label
+        .iter()
+        .map(|(id, label)| -> anyhow::Result<(u64, String)> {
+            Ok((id.parse()?, label.as_str().context("label is not a string")?.to_owned()))
+        })
+        .collect::<anyhow::Result<_>>()
+        .with_context(|| format!("{}: id2label", path.display()))?;
+    labels.sort();
+    Ok(labels.into_iter().map(|(_, label)| label).collect())
 }
 
 /// Starts `kiln serve` on free ports, sends the seed's REST and gRPC requests, stops it with SIGTERM.
@@ -92,6 +139,11 @@ async fn serve_and_call(kiln: &Path, base: &Path, image: &[u8]) -> anyhow::Resul
     );
     let response = client.predict(request).await.context("gRPC Predict")?.into_inner();
     print!("{}", text_format(&response));
+
+    // The page the REST port serves at `/`; its status line shows whether this build has it.
+    let page = format!("{}/", server.rest_url());
+    let status = reqwest::get(&page).await.map(|r| r.status().to_string()).unwrap_or_else(|e| e.to_string());
+    println!("\nstatus and try-it page, while the server runs: {page} (GET / -> {status})");
 
     let exit = server.stop().await?;
     println!("\nkiln serve stopped by SIGTERM: {exit}");

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use runtime::Model;
+use runtime::{Model, Progress};
 use serde::Serialize;
 
 use crate::error::CheckError;
@@ -100,20 +100,23 @@ impl fmt::Display for BaselineReport {
     }
 }
 
-/// Runs `images` through both versions and compares the answers against `thresholds`.
+/// Runs `images` through both versions, reporting to `progress`, and compares the answers against
+/// `thresholds`.
 pub fn compare_versions(
     old: &Model,
     new: &Model,
     images: &[PathBuf],
     thresholds: &Thresholds,
+    progress: &dyn Progress,
 ) -> Result<BaselineReport, CheckError> {
-    let old_answers = observe(old, images)?;
-    let new_answers = observe(new, images)?;
+    let old_answers = observe(old, images, progress)?;
+    let new_answers = observe(new, images, progress)?;
     Ok(compare_observations(old.dir(), new.dir(), &old_answers, &new_answers, thresholds))
 }
 
-/// The comparison proper; `old` and `new` hold the same images in the same order.
-fn compare_observations(
+/// The comparison proper, for callers that keep the observations (`--report` draws every image's
+/// answers); `old` and `new` hold the same images in the same order.
+pub fn compare_observations(
     old_dir: &Path,
     new_dir: &Path,
     old: &[Observation],

@@ -21,7 +21,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
-use runtime::Model;
+use runtime::{Model, Progress};
 use serde::{Deserialize, Serialize};
 
 use crate::baseline::at_most;
@@ -378,6 +378,10 @@ pub struct GoldenReport {
     pub max_delta: f32,
     /// Every image that failed, in golden-file order.
     pub findings: Vec<Finding>,
+    /// The answer now of every compared image, by index into the golden file's entries: what
+    /// `--report` draws its histogram and class table from (not in the JSON report, which lists findings).
+    #[serde(skip)]
+    pub answers: Vec<(usize, Outcome)>,
 }
 
 impl fmt::Display for GoldenReport {
@@ -429,14 +433,26 @@ fn compare_answer(expected: &Outcome, actual: &Outcome, tolerance: f32) -> Optio
 
 /// Reruns every image of `golden` through `model` and compares the answers: a changed label or class, a
 /// new or vanished error, or a confidence that moved more than `tolerance` is a regression; a missing or
-/// changed image is an input problem. Engine failures (not per-image errors) are errors.
-pub fn check_golden(model: &Model, golden: &GoldenFile, tolerance: f32) -> Result<GoldenReport, CheckError> {
+/// changed image is an input problem. Engine failures (not per-image errors) are errors. Each batch is
+/// reported to `progress`.
+pub fn check_golden(
+    model: &Model,
+    golden: &GoldenFile,
+    tolerance: f32,
+    progress: &dyn Progress,
+) -> Result<GoldenReport, CheckError> {
+    progress.start(
+        &format!("rerunning golden images with {}", model.dir().display()),
+        Some(golden.entries.len() as u64),
+    );
     let mut findings = Vec::new();
     let mut compared = 0;
     let mut max_delta = 0.0f32;
-    for chunk in golden.entries.chunks(crate::observe::IMAGES_PER_BATCH) {
+    let mut answers = Vec::new();
+    let batch = crate::observe::IMAGES_PER_BATCH;
+    for (chunk_index, chunk) in golden.entries.chunks(batch).enumerate() {
         let mut runnable = Vec::new();
-        for entry in chunk {
+        for (index, entry) in chunk.iter().enumerate().map(|(i, e)| (chunk_index * batch + i, e)) {
             let path = golden.image_path(entry);
             let bytes = match fs::read(&path) {
                 Ok(bytes) => bytes,
@@ -456,10 +472,10 @@ pub fn check_golden(model: &Model, golden: &GoldenFile, tolerance: f32) -> Resul
                 findings.push(Finding { image: entry.image.clone(), kind });
                 continue;
             }
-            runnable.push((entry, bytes));
+            runnable.push((index, entry, bytes));
         }
-        let inputs: Vec<&[u8]> = runnable.iter().map(|(_, bytes)| bytes.as_slice()).collect();
-        for ((entry, _), actual) in runnable.iter().zip(classify(model, &inputs)?) {
+        let inputs: Vec<&[u8]> = runnable.iter().map(|(_, _, bytes)| bytes.as_slice()).collect();
+        for ((index, entry, _), actual) in runnable.iter().zip(classify(model, &inputs)?) {
             compared += 1;
             if let (Outcome::Class(e), Outcome::Class(a)) = (&entry.expected, &actual)
                 && e.label == a.label
@@ -469,8 +485,11 @@ pub fn check_golden(model: &Model, golden: &GoldenFile, tolerance: f32) -> Resul
             if let Some(kind) = compare_answer(&entry.expected, &actual, tolerance) {
                 findings.push(Finding { image: entry.image.clone(), kind });
             }
+            answers.push((*index, actual));
         }
+        progress.advance(chunk.len() as u64);
     }
+    progress.finish();
     // Findings were collected per chunk (input problems first); report them in golden-file order.
     let order = |image: &str| golden.entries.iter().position(|e| e.image == image);
     findings.sort_by_key(|f| order(&f.image));
@@ -489,6 +508,7 @@ pub fn check_golden(model: &Model, golden: &GoldenFile, tolerance: f32) -> Resul
         compared,
         max_delta,
         findings,
+        answers,
     })
 }
 

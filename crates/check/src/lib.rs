@@ -12,17 +12,21 @@
 //! - *Is the artifact sound at all?* [`verify_integrity`] checks digests and format version, compiles the
 //!   graph, checks the serving signature and runs the warm-up inputs.
 //!
+//! [`baseline_html`] and [`golden_html`] render a baseline or golden check as one self-contained HTML
+//! page (`kiln check --report`).
+//!
 //! ```no_run
 //! use std::path::Path;
 //! use check::{GoldenFile, check_golden, list_images, observe};
-//! use runtime::Model;
+//! use runtime::{Model, NoProgress};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let model = Model::load("/models/vit")?;
 //! let images = list_images(Path::new("testdata/images"))?;
-//! let golden = GoldenFile::record(&model, &observe(&model, &images)?, Path::new("golden.jsonl"))?;
+//! let observations = observe(&model, &images, &NoProgress)?;
+//! let golden = GoldenFile::record(&model, &observations, Path::new("golden.jsonl"))?;
 //! golden.write(Path::new("golden.jsonl"))?;
 //!
-//! let report = check_golden(&model, &GoldenFile::read(Path::new("golden.jsonl"))?, 1e-3)?;
+//! let report = check_golden(&model, &GoldenFile::read(Path::new("golden.jsonl"))?, 1e-3, &NoProgress)?;
 //! print!("{report}");
 //! # Ok(())
 //! # }
@@ -35,8 +39,9 @@ mod error;
 mod golden;
 mod integrity;
 mod observe;
+mod report;
 
-pub use baseline::{BaselineReport, Flip, Thresholds, compare_versions};
+pub use baseline::{BaselineReport, Flip, Thresholds, compare_observations, compare_versions};
 pub use error::CheckError;
 pub use golden::{
     ArtifactStamp, DEFAULT_TOLERANCE, Finding, FindingKind, GOLDEN_FORMAT, GoldenEntry, GoldenFile,
@@ -44,3 +49,4 @@ pub use golden::{
 };
 pub use integrity::{IntegrityReport, verify_integrity};
 pub use observe::{Classification, Observation, Outcome, list_images, observe};
+pub use report::{REPORT_WORST_IMAGES, ReportModels, baseline_html, escape_html, golden_html};

@@ -4,7 +4,7 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use runtime::Model;
+use runtime::{Model, Progress};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -108,10 +108,16 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
-/// Classifies each image file with `model`, in order. A file that cannot be read is an error (the check
-/// cannot be carried out); an image the model refuses is an [`Outcome::Error`].
-pub fn observe(model: &Model, images: &[PathBuf]) -> Result<Vec<Observation>, CheckError> {
+/// Classifies each image file with `model`, in order, reporting each batch to `progress`. A file that
+/// cannot be read is an error (the check cannot be carried out); an image the model refuses is an
+/// [`Outcome::Error`].
+pub fn observe(
+    model: &Model,
+    images: &[PathBuf],
+    progress: &dyn Progress,
+) -> Result<Vec<Observation>, CheckError> {
     let mut observations = Vec::with_capacity(images.len());
+    progress.start(&format!("classifying images with {}", model.dir().display()), Some(images.len() as u64));
     for chunk in images.chunks(IMAGES_PER_BATCH) {
         let bytes = chunk
             .iter()
@@ -121,7 +127,9 @@ pub fn observe(model: &Model, images: &[PathBuf]) -> Result<Vec<Observation>, Ch
         for ((path, bytes), outcome) in chunk.iter().zip(&bytes).zip(classify(model, &inputs)?) {
             observations.push(Observation { image: path.clone(), sha256: sha256_hex(bytes), outcome });
         }
+        progress.advance(chunk.len() as u64);
     }
+    progress.finish();
     Ok(observations)
 }
 

@@ -27,7 +27,7 @@ fn graph(c: &mut Criterion) {
             accuracy_images: vec![],
             min_top1_agreement: export::MIN_TOP1_AGREEMENT,
         };
-        let report = export(&request, &mut |_| {}).expect("the tiny fixture exports");
+        let report = export(&request, &runtime::NoProgress).expect("the tiny fixture exports");
         let options = RuntimeOptions { threads: 2, ..RuntimeOptions::default() };
         let model = Model::load_with(&report.version_dir, options).expect("the artifact loads");
         let prepared = model.prepare(&image).expect("the image prepares");

@@ -10,7 +10,7 @@ use artifact::{
     ArtifactWriter, FORMAT_VERSION, GraphSpec, MANIFEST_DIGEST_FILE, MANIFEST_FILE, Manifest, PreprocessSpec,
     Provenance, Publication, ResizeMode, Signature, SourceFile,
 };
-use runtime::{Model, PreparedImage, RuntimeOptions};
+use runtime::{Model, PreparedImage, Progress, RuntimeOptions};
 use sha2::{Digest, Sha256};
 use tract_core::model::translator::Translate;
 use tract_core::prelude::*;
@@ -99,25 +99,25 @@ pub struct ExportReport {
     pub stages: Vec<(&'static str, f64)>,
 }
 
-/// Exports `request.checkpoint` with the current time and always publishing, calling `progress` at the
-/// start of each stage.
-pub fn export(request: &ExportRequest, progress: &mut dyn FnMut(&str)) -> Result<ExportReport, ExportError> {
+/// Exports `request.checkpoint` with the current time and always publishing, reporting each stage (and
+/// each image of an accuracy comparison) to `progress`.
+pub fn export(request: &ExportRequest, progress: &dyn Progress) -> Result<ExportReport, ExportError> {
     export_with(request, &PublishOptions::default(), progress)
 }
 
-/// Exports `request.checkpoint`, stamped and published as `options` say, calling `progress` at the start
-/// of each stage.
+/// Exports `request.checkpoint`, stamped and published as `options` say, reporting each stage (and each
+/// image of an accuracy comparison) to `progress`.
 pub fn export_with(
     request: &ExportRequest,
     options: &PublishOptions,
-    progress: &mut dyn FnMut(&str),
+    progress: &dyn Progress,
 ) -> Result<ExportReport, ExportError> {
     let mut stages = vec![];
     let mut stage =
         |name: &'static str, started: Instant| stages.push((name, started.elapsed().as_secs_f64()));
 
     let started = Instant::now();
-    progress("reading checkpoint and building graph");
+    progress.start("reading checkpoint and building graph", None);
     let source = Source::open(&request.checkpoint)?;
     let spec = source.preprocess_spec(request.resize)?;
     let labels = source
@@ -128,10 +128,11 @@ pub fn export_with(
     stage("build graph", started);
 
     let started = Instant::now();
-    progress("writing artifact");
+    progress.start("writing artifact", None);
     let mut writer = ArtifactWriter::create(&request.base, request.version)?;
     for stale in artifact::remove_stale_temp_dirs(&request.base, STALE_TEMP_DIR_AGE)? {
-        progress(&format!("removed the temporary directory of an interrupted export: {}", stale.display()));
+        progress
+            .note(&format!("removed the temporary directory of an interrupted export: {}", stale.display()));
     }
     let graph_path = writer.file_path(GRAPH_FILE)?;
     write_graph(&fused, &graph_path)?;
@@ -164,7 +165,7 @@ pub fn export_with(
     stage("write artifact", started);
 
     let started = Instant::now();
-    progress("checking the artifact against the source model");
+    progress.start("checking the artifact against the source model", None);
     let (max_confidence_diff, accuracy) = match request.precision {
         Precision::F32 => (self_check(&source, &spec, &manifest, writer.temp_dir(), &graph_path)?, None),
         precision => {
@@ -175,7 +176,7 @@ pub fn export_with(
                 RuntimeOptions::default(),
             )
             .map_err(|e| ExportError::SelfCheck(format!("the runtime cannot load the new artifact: {e}")))?;
-            let report = accuracy_report(&source, &spec, &model, request)?;
+            let report = accuracy_report(&source, &spec, &model, request, progress)?;
             let worst = report.sets.iter().map(|s| s.max_confidence_delta).fold(0f32, f32::max);
             let bar = request.min_top1_agreement;
             if let Some(low) = report.sets.iter().find(|s| s.top1_agreement < bar) {
@@ -200,14 +201,13 @@ pub fn export_with(
     stage("self-check", started);
 
     let started = Instant::now();
-    progress(if options.if_changed {
-        "publishing unless the newest version is the same"
-    } else {
-        "publishing"
-    });
+    let publishing =
+        if options.if_changed { "publishing unless the newest version is the same" } else { "publishing" };
+    progress.start(publishing, None);
     let publication =
         if options.if_changed { writer.publish_if_changed(manifest)? } else { writer.publish(manifest)? };
     stage("publish", started);
+    progress.finish();
     let Publication { dir, manifest, content_digest, published } = publication;
     Ok(ExportReport {
         files: file_sizes(dir.path(), &manifest)?,
@@ -252,12 +252,13 @@ pub struct AccuracySet {
 }
 
 /// Compares `model` (a lower-precision artifact) with the f32 fused graph of the same source on the
-/// synthetic samples and on the request's accuracy images.
+/// synthetic samples and on the request's accuracy images, one `progress` item per image.
 fn accuracy_report(
     source: &Source,
     spec: &PreprocessSpec,
     model: &Model,
     request: &ExportRequest,
+    progress: &dyn Progress,
 ) -> Result<AccuracyReport, ExportError> {
     let failed = |reason: String| ExportError::SelfCheck(reason);
     let (reference, logits_slot) =
@@ -276,6 +277,8 @@ fn accuracy_report(
         if inputs.is_empty() {
             continue;
         }
+        let what = format!("comparing {} with f32 on {name} images", request.precision.name());
+        progress.start(&what, Some(inputs.len() as u64));
         let mut prepared = vec![];
         for (i, input) in inputs.iter().enumerate() {
             prepared.push(model.prepare(input).map_err(|e| failed(format!("{name} image {i}: {e}")))?);
@@ -299,6 +302,7 @@ fn accuracy_report(
             } else {
                 min_margin = Some(min_margin.map_or(margin, |m| m.min(margin)));
             }
+            progress.advance(1);
         }
         sets.push(AccuracySet {
             name: name.into(),
@@ -537,7 +541,7 @@ mod tests {
             accuracy_images: vec![fixtures.join("images/chelsea.jpg"), fixtures.join("images/rocket.jpg")],
             min_top1_agreement: MIN_TOP1_AGREEMENT,
         };
-        let report = export(&request, &mut |_| {})?;
+        let report = export(&request, &runtime::NoProgress)?;
         let accuracy = report.accuracy.ok_or("no accuracy report")?;
         let names: Vec<&str> = accuracy.sets.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["synthetic", "given"]);

@@ -7,6 +7,8 @@
 //! - `--dir NEW --baseline OLD --images IMAGES [--min-agreement A] [--max-delta D] [--max-mean-delta M]`:
 //!   compare two versions.
 //!
+//! `--report FILE.html` (golden and baseline modes) also writes the check as one self-contained HTML page.
+//!
 //! Exit status: 0 pass, 1 regression (answers drifted or a threshold broke), 2 the check could not be
 //! carried out (bad usage, an artifact that fails integrity or does not load, missing or changed golden
 //! inputs, unreadable files). `--json` prints one JSON report on stdout instead of the text report.
@@ -55,6 +57,9 @@ pub struct CheckArgs {
     /// Largest mean |delta confidence| over images both versions label the same (default: no limit).
     #[arg(long = "max-mean-delta", requires = "baseline", value_parser = non_negative_f32)]
     max_mean_delta: Option<f32>,
+    /// Also write a self-contained HTML report of a --golden or --baseline run to this file.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
     /// Print one JSON report on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -96,6 +101,9 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     if args.images.is_some() && args.write_golden.is_none() && args.baseline.is_none() {
         anyhow::bail!("--images is for --write-golden or --baseline");
     }
+    if args.report.is_some() && args.golden.is_none() && args.baseline.is_none() {
+        anyhow::bail!("--report is for --golden or --baseline");
+    }
     if let Some(golden) = &args.write_golden {
         let images = args.images.as_deref().context("--write-golden needs --images")?;
         return write_golden(&args.dir, golden, images, args.json);
@@ -103,7 +111,11 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     if let Some(golden) = &args.golden {
         let model = load(&args.dir)?;
         let file = GoldenFile::read(golden)?;
-        let report = ::check::check_golden(&model, &file, args.tolerance)?;
+        let progress = crate::progress::on_stderr(args.json);
+        let report = ::check::check_golden(&model, &file, args.tolerance, progress.as_ref())?;
+        if let Some(path) = &args.report {
+            write_report(path, &::check::golden_html(&report, &file, &model))?;
+        }
         return finish(&report, report.verdict, args.json);
     }
     if let Some(baseline) = &args.baseline {
@@ -115,11 +127,24 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             max_delta: args.max_delta,
             max_mean_delta: args.max_mean_delta,
         };
-        let report = ::check::compare_versions(&old, &new, &::check::list_images(images)?, &thresholds)?;
+        let images = ::check::list_images(images)?;
+        let progress = crate::progress::on_stderr(args.json);
+        let old_answers = ::check::observe(&old, &images, progress.as_ref())?;
+        let new_answers = ::check::observe(&new, &images, progress.as_ref())?;
+        let report =
+            ::check::compare_observations(old.dir(), new.dir(), &old_answers, &new_answers, &thresholds);
+        if let Some(path) = &args.report {
+            let models = ::check::ReportModels { old: Some(&old), new: Some(&new) };
+            write_report(path, &::check::baseline_html(&report, &old_answers, &new_answers, models))?;
+        }
         return finish(&report, report.verdict, args.json);
     }
     let report = ::check::verify_integrity(&args.dir, RuntimeOptions::default())?;
     finish(&report, Verdict::Pass, args.json)
+}
+
+fn write_report(path: &Path, html: &str) -> anyhow::Result<()> {
+    std::fs::write(path, html).with_context(|| format!("writing the report {}", path.display()))
 }
 
 fn load(dir: &Path) -> anyhow::Result<Model> {
@@ -128,7 +153,8 @@ fn load(dir: &Path) -> anyhow::Result<Model> {
 
 fn write_golden(dir: &Path, golden: &Path, images: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let model = load(dir)?;
-    let observations = ::check::observe(&model, &::check::list_images(images)?)?;
+    let progress = crate::progress::on_stderr(json);
+    let observations = ::check::observe(&model, &::check::list_images(images)?, progress.as_ref())?;
     let file = GoldenFile::record(&model, &observations, golden)?;
     file.write(golden)?;
     let refused = observations.iter().filter(|o| matches!(o.outcome, ::check::Outcome::Error { .. })).count();

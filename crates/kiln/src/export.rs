@@ -1,14 +1,14 @@
 //! `kiln export`: checkpoint -> published artifact version.
 //!
-//! Progress and results go to stderr; stdout carries only what scripts read: the version directory (last
-//! line), or with `--json` one JSON object. With `SOURCE_DATE_EPOCH` set, two exports of the same inputs
-//! are byte-identical; `--if-changed` publishes nothing when the newest version has the same content.
+//! Progress (bars on a terminal, time-stamped lines otherwise, none with `--json`) and the summary go to
+//! stderr; stdout carries only what scripts read: the version directory (last line), or with `--json` one
+//! JSON object. With `SOURCE_DATE_EPOCH` set, two exports of the same inputs are byte-identical;
+//! `--if-changed` publishes nothing when the newest version has the same content.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use ::export::{
     AccuracyReport, ExportReport, ExportRequest, MIN_TOP1_AGREEMENT, Precision, PublishOptions, export_with,
@@ -100,11 +100,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         accuracy_images: args.accuracy_images,
         min_top1_agreement: args.min_top1_agreement / 100.0,
     };
-    let started = Instant::now();
-    let report = export_with(&request, &options, &mut |stage| {
-        eprintln!("[{:>7.2}s] {stage}", started.elapsed().as_secs_f64());
-    })
-    .with_context(|| format!("exporting {}", args.checkpoint.display()))?;
+    let progress = crate::progress::on_stderr(args.json);
+    let report = export_with(&request, &options, progress.as_ref())
+        .with_context(|| format!("exporting {}", args.checkpoint.display()))?;
     print_summary(&report);
     if args.json {
         println!("{}", serde_json::to_string(&ExportJson::from(&report))?);

@@ -3,6 +3,7 @@
 
 mod check;
 mod export;
+mod progress;
 mod run;
 mod serve;
 mod show;

@@ -1,5 +1,6 @@
 //! `kiln run`: classify image files or base64 strings with an artifact, printing `saved_model_cli run`'s
-//! layout or, with `--json`, one JSON object per input.
+//! layout or, with `--json`, one JSON object per input. Runs of several inputs report progress on stderr
+//! (none with `--json`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,8 +8,12 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use runtime::{InstanceError, Model, Prediction};
+use runtime::{InstanceError, Model, Prediction, Progress};
 use serde_json::json;
+
+/// Inputs classified per `predict` call: small enough that progress moves and memory for decoded images
+/// stays bounded, large enough for the graph to run batches efficiently.
+const INPUTS_PER_BATCH: usize = 16;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -48,8 +53,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let model = Model::load(&args.dir).with_context(|| format!("loading {}", args.dir.display()))?;
     let loaded = started.elapsed();
-    let borrowed: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
-    let results = model.predict(&borrowed)?;
+    // One input needs no progress report: it is done as soon as it would be drawn.
+    let progress = crate::progress::on_stderr(args.json || inputs.len() < 2);
+    let results = predict_in_batches(&model, &inputs, progress.as_ref())?;
     if args.timing {
         let predicted = started.elapsed() - loaded;
         eprintln!(
@@ -72,6 +78,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         print_saved_model_cli_layout(&names, &results);
     }
     Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Every input's result, in order, predicted a batch at a time so `progress` moves.
+fn predict_in_batches(
+    model: &Model,
+    inputs: &[Vec<u8>],
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<Result<Prediction, InstanceError>>> {
+    progress.start(&format!("classifying with {}", model.dir().display()), Some(inputs.len() as u64));
+    let mut results = Vec::with_capacity(inputs.len());
+    for batch in inputs.chunks(INPUTS_PER_BATCH) {
+        let borrowed: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        results.extend(model.predict(&borrowed)?);
+        progress.advance(batch.len() as u64);
+    }
+    progress.finish();
+    Ok(results)
 }
 
 /// `string_input=<JSON string or list of strings>`, the only input key an artifact has.

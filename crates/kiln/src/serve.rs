@@ -97,6 +97,9 @@ pub struct ServeArgs {
     /// Directory every base path in a HandleReloadConfigRequest must resolve under.
     #[arg(long = "model_root")]
     model_root: Option<PathBuf>,
+    /// Do not serve the status and try-it page at `/` on the REST port (its status JSON goes too).
+    #[arg(long = "disable_web_ui", num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    disable_web_ui: bool,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -251,6 +254,7 @@ fn options(args: &ServeArgs, vertex: Option<VertexEnv>) -> anyhow::Result<Server
     options.allow_unauthenticated_metrics = args.allow_unauthenticated_metrics;
     options.enable_model_management = args.enable_model_management;
     options.model_root = args.model_root.clone();
+    options.web_ui = !args.disable_web_ui;
     options.model_cache_dir = args.model_cache_dir.clone();
     if let Some(file) = &args.monitoring_config_file {
         options.monitoring = ::serve::read_monitoring_config(file)?;

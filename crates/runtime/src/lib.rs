@@ -14,6 +14,7 @@ mod image;
 mod linear_i8;
 mod model;
 mod nnef;
+mod progress;
 mod quantize;
 
 pub use self::attention::Attention;
@@ -21,4 +22,5 @@ pub use self::image::{ImageLimits, InstanceError, PreparedImage, prepare};
 pub use self::linear_i8::LinearI8;
 pub use self::model::{Model, Prediction, RuntimeError, RuntimeOptions};
 pub use self::nnef::nnef;
+pub use self::progress::{NoProgress, Progress};
 pub use self::quantize::QuantizeRows;

@@ -43,6 +43,7 @@ mod textproto;
 mod tls;
 mod vertex;
 mod watcher;
+mod web;
 
 /// Protobuf types and gRPC stubs generated from `proto/` (TF Serving's and KServe v2's packages), for
 /// clients and tests.

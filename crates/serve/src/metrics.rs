@@ -251,6 +251,11 @@ impl Metrics {
         self.source_errors.with_label_values(&[model, operation.name()]).inc();
     }
 
+    /// Every metric's current values, for the status page's summary (web.rs).
+    pub(crate) fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();

@@ -28,6 +28,7 @@ use crate::table::{ModelTable, VersionChoice, VersionStatus};
 use crate::tls::{self, Tls};
 use crate::vertex::{self, VertexRoutes, VertexState};
 use crate::watcher::{ModelSet, WatchContext};
+use crate::web::{self, WebState};
 
 /// Instances one version's queue holds when batching is off: enough to absorb bursts, small enough that a
 /// client far over capacity hears 429 in milliseconds rather than waiting minutes.
@@ -97,6 +98,8 @@ pub struct ServerOptions {
     /// `google_service_account`, ...), for embedders that cannot set environment variables; `kiln
     /// serve` leaves it empty.
     pub object_store_config: Vec<(String, String)>,
+    /// Serve the status and try-it page at `/` on the REST port (off with `--disable_web_ui`).
+    pub web_ui: bool,
 }
 
 impl ServerOptions {
@@ -126,6 +129,7 @@ impl ServerOptions {
             vertex: None,
             model_cache_dir: None,
             object_store_config: Vec::new(),
+            web_ui: true,
         }
     }
 
@@ -324,6 +328,9 @@ impl Server {
                 };
                 app = vertex::layer(app, Arc::new(state));
             }
+            if options.web_ui {
+                app = web::layer(app, Arc::new(WebState { table: table.clone(), metrics: metrics.clone() }));
+            }
             let limits = ConnectionLimits {
                 header_read_timeout: options.rest_timeout.max(MIN_HEADER_READ_TIMEOUT),
                 drain: drain_limit(&options),
@@ -431,7 +438,11 @@ fn tls_note(tls: Option<&Tls>) -> &'static str {
 fn rest_auth(options: &ServerOptions) -> auth::Rest {
     let metrics = options.monitoring.enable && options.allow_unauthenticated_metrics;
     let metrics_path = metrics.then_some(options.monitoring.path.as_str());
-    let rest = auth::Rest::new(metrics_path, options.cors, options.rest_timeout, options.max_body_bytes);
+    let mut rest = auth::Rest::new(metrics_path, options.cors, options.rest_timeout, options.max_body_bytes);
+    // The page holds no data; it asks for the token and sends it on its own calls.
+    if options.web_ui {
+        rest = rest.with_open_path(web::PAGE_PATH);
+    }
     match &options.vertex {
         Some(vertex) => rest.with_open_path(&vertex.health_route),
         None => rest,

@@ -217,7 +217,7 @@ async fn serving_version_corrupted_on_disk_reports_data_loss_and_keeps_serving()
         accuracy_images: vec![],
         min_top1_agreement: export::MIN_TOP1_AGREEMENT,
     };
-    let other = export::export(&request, &mut |_| {})?.version_dir;
+    let other = export::export(&request, &runtime::NoProgress)?.version_dir;
     for name in [export::GRAPH_FILE, artifact::MANIFEST_FILE, artifact::MANIFEST_DIGEST_FILE] {
         std::fs::copy(other.join(name), dir.join(name))?;
     }

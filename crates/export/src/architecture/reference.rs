@@ -146,7 +146,7 @@ pub fn export_fixture(model: &str, precision: Precision) -> Result<crate::Export
         min_top1_agreement: crate::MIN_TOP1_AGREEMENT,
     };
     let started = std::time::Instant::now();
-    let report = crate::export(&request, &mut |_| {})?;
+    let report = crate::export(&request, &runtime::NoProgress)?;
     eprintln!(
         "{model} {}: exported in {:.2} s ({:?}), self-check max |confidence diff| {:.1e}",
         precision.name(),

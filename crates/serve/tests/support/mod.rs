@@ -46,7 +46,7 @@ pub fn export_version(base: &Path, version: u64) -> TestResult<PathBuf> {
         accuracy_images: vec![],
         min_top1_agreement: export::MIN_TOP1_AGREEMENT,
     };
-    Ok(export::export(&request, &mut |_| {})?.version_dir)
+    Ok(export::export(&request, &runtime::NoProgress)?.version_dir)
 }
 
 /// Copies version directory `from` to `<base>/<version>` the way a careful deployer does: into a hidden

@@ -528,7 +528,7 @@ mod tests {
                 accuracy_images: vec![],
                 min_top1_agreement: crate::MIN_TOP1_AGREEMENT,
             };
-            let report = export(&request, &mut |_| {})?;
+            let report = export(&request, &runtime::NoProgress)?;
             eprintln!(
                 "tiny-swin {}: max |confidence diff| {:.2e}",
                 precision.name(),

@@ -5,20 +5,23 @@
 //! input image, [`Model::infer`] runs a batch of prepared images, and [`Model::predict`] does both for a batch of
 //! strings, giving each instance its own result. [`nnef`] is the graph reader and writer every kiln graph
 //! goes through: tract's, plus kiln's operations ([`Attention`]; [`LinearI8`] in int8 graphs;
-//! [`QuantizeRows`] in format version 1 int8 graphs).
+//! [`LinearBf16`] in bf16 graphs; [`QuantizeRows`] in format version 1 int8 graphs).
 
 #![deny(missing_docs)]
 
 mod attention;
 mod image;
+mod linear_bf16;
 mod linear_i8;
 mod model;
 mod nnef;
+mod packed_linear;
 mod progress;
 mod quantize;
 
 pub use self::attention::Attention;
 pub use self::image::{ImageLimits, InstanceError, PreparedImage, prepare};
+pub use self::linear_bf16::LinearBf16;
 pub use self::linear_i8::LinearI8;
 pub use self::model::{Model, Prediction, RuntimeError, RuntimeOptions};
 pub use self::nnef::nnef;

@@ -11,7 +11,6 @@
 //! accumulators. It lives in the runtime because the artifact's reader must know it, and is
 //! serialized as the NNEF extension `kiln`.
 
-use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_nnef::internal::*;
 
 use tract_core::ops::cast::cast;
@@ -19,19 +18,12 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math;
 
 use crate::QuantizeRows;
+use crate::packed_linear::{self, CHANNELS, PackedLayer, PackedLinear};
 use crate::quantize::quantize_row;
 
 /// The NNEF fragment name of [`LinearI8`].
 const PRIMITIVE: &str = "kiln_linear_i8";
 
-/// i32 lanes of one AVX-512 register: output channels per accumulator.
-const LANES: usize = 16;
-/// Accumulators per token in a tile: a tile covers `CHANNELS` output channels.
-const VECTORS: usize = 2;
-/// Output channels of one tile, and of one group of packed weights.
-const CHANNELS: usize = LANES * VECTORS;
-/// Tokens (rows) of one tile: with [`VECTORS`], 24 of the 32 vector registers accumulate.
-const TOKENS: usize = 12;
 /// Largest input width: `(x_q + 128) * w` summed over `k` inputs stays within i32 (255 * 128 * 2^16
 /// < 2^31), so accumulation never overflows.
 const MAX_INPUTS: usize = 1 << 16;
@@ -56,25 +48,14 @@ impl EvalOp for LinearI8 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let weights = PackedWeights::new(&inputs[1], &inputs[2], &inputs[3])?;
-        Ok(tvec!(weights.apply(&inputs[0])?.into_tvalue()))
+        Ok(tvec!(packed_linear::apply(&weights, &inputs[0])?.into_tvalue()))
     }
 }
 
 impl TypedOp for LinearI8 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs.len() == 4, "linear_i8 takes input, weight, scale and bias");
-        let (input, weight) = (inputs[0], inputs[1]);
-        ensure!(input.datum_type == f32::datum_type(), "linear_i8 takes f32, found {:?}", input.datum_type);
-        ensure!(
-            weight.datum_type == i8::datum_type(),
-            "linear_i8 weights are i8, found {:?}",
-            weight.datum_type
-        );
-        ensure!(weight.rank() == 2, "linear_i8 weights are [out, in], found rank {}", weight.rank());
-        ensure!(input.rank() >= 1, "linear_i8 needs an input of rank 1 or more");
-        let mut shape = input.shape.to_tvec();
-        *shape.last_mut().expect("rank checked above") = weight.shape[0].clone();
-        Ok(tvec!(f32::fact(shape)))
+        let arity = (4, "input, weight, scale and bias");
+        packed_linear::linear_output_facts("linear_i8", inputs, arity, (i8::datum_type(), "i8"))
     }
 
     /// Packs constant weights once, when the plan is built, instead of at every call. Without
@@ -88,7 +69,7 @@ impl TypedOp for LinearI8 {
         if Kernel::detect() == Kernel::Portable {
             return lower_to_tract(model, node, &scale, &bias).map(Some);
         }
-        let packed = PackedLinearI8 { weights: Arc::new(PackedWeights::new(&weight, &scale, &bias)?) };
+        let packed = PackedLinear::new(PackedWeights::new(&weight, &scale, &bias)?);
         TypedModelPatch::replace_single_op(model, node, &[node.inputs[0]], packed).map(Some)
     }
 
@@ -124,61 +105,11 @@ fn lower_to_tract(
     Ok(patch)
 }
 
-/// [`LinearI8`] with its weights packed: what the optimized plan runs. Never serialized.
-#[derive(Clone, Debug)]
-struct PackedLinearI8 {
-    weights: Arc<PackedWeights>,
-}
-
-/// Two packed layers are the same operation when they share their packed weights.
-impl PartialEq for PackedLinearI8 {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.weights, &other.weights)
-    }
-}
-
-impl Eq for PackedLinearI8 {}
-
-impl Op for PackedLinearI8 {
-    fn name(&self) -> StaticName {
-        "PackedLinearI8".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("k: {}, n: {}", self.weights.k, self.weights.n)])
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for PackedLinearI8 {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        Ok(tvec!(self.weights.apply(&inputs[0])?.into_tvalue()))
-    }
-}
-
-impl TypedOp for PackedLinearI8 {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape = inputs[0].shape.to_tvec();
-        *shape.last_mut().context("linear_i8 needs an input of rank 1 or more")? = self.weights.n.to_dim();
-        Ok(tvec!(f32::fact(shape)))
-    }
-
-    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let rows: TDim = inputs[0].shape.iter().rev().skip(1).product();
-        Ok(tvec!((Cost::FMA(i32::datum_type()), rows * self.weights.k * self.weights.n)))
-    }
-
-    as_op!();
-}
-
 /// One layer's weights in the kernel's layout: groups of [`CHANNELS`] output channels, each
 /// `[ceil(k / 4)][CHANNELS][4]` bytes, so that one 64-byte load gives 16 channels x 4 inputs, the
 /// operand `vpdpbusd` multiplies against 4 input bytes broadcast. Channels past `n` are zero.
 #[derive(Clone, Debug)]
-struct PackedWeights {
+pub(crate) struct PackedWeights {
     k: usize,
     n: usize,
     blocks: Vec<i8>,
@@ -198,15 +129,8 @@ impl PackedWeights {
         let weight = weight.cast_to::<i8>()?;
         let plain = weight.try_as_plain_ram()?;
         let values = plain.as_slice::<i8>()?;
-        let per_channel = |tensor: &Tensor, what: &str| -> TractResult<Vec<f32>> {
-            let tensor = tensor.cast_to::<f32>()?;
-            let plain = tensor.try_as_plain_ram()?;
-            let values = plain.as_slice::<f32>()?;
-            ensure!(values.len() == n, "linear_i8 has {n} outputs but {} {what} values", values.len());
-            let mut padded = values.to_vec();
-            padded.resize(n.div_ceil(CHANNELS) * CHANNELS, 0.0);
-            Ok(padded)
-        };
+        let per_channel =
+            |tensor: &Tensor, what: &str| packed_linear::padded_channels("linear_i8", tensor, n, what);
         let (scales, bias) = (per_channel(scale, "scale")?, per_channel(bias, "bias")?);
         let quads = k.div_ceil(4);
         let mut blocks = vec![0i8; n.div_ceil(CHANNELS) * quads * CHANNELS * 4];
@@ -220,63 +144,37 @@ impl PackedWeights {
         }
         Ok(PackedWeights { k, n, blocks, offsets, scales, bias })
     }
+}
 
-    /// Runs the layer on `input` (`f32[..., k]`).
-    fn apply(&self, input: &Tensor) -> TractResult<Tensor> {
-        let shape = input.shape();
-        let k = *shape.last().context("linear_i8 needs an input of rank 1 or more")?;
-        ensure!(k == self.k, "linear_i8 takes rows of {} values, found {k}", self.k);
-        ensure!(k > 0, "linear_i8 needs rows of at least one value");
-        let rows = shape[..shape.len() - 1].iter().product::<usize>();
-        let mut out_shape = shape.to_vec();
-        *out_shape.last_mut().expect("rank checked above") = self.n;
-        let mut output = Tensor::zero::<f32>(&out_shape)?;
-        if rows == 0 || self.n == 0 {
-            return Ok(output);
-        }
-        let plain = input.try_as_plain_ram()?;
-        let values = plain.as_slice::<f32>()?;
-        let mut view = output.try_as_plain_ram_mut()?;
-        self.compute(values, Kernel::detect(), view.as_slice_mut::<f32>()?);
-        Ok(output)
+impl PackedLayer for PackedWeights {
+    const OPERATOR: &'static str = "linear_i8";
+    const PACKED_NAME: &'static str = "PackedLinearI8";
+    const ACCUMULATOR: DatumType = DatumType::I32;
+    type Kernel = Kernel;
+
+    fn inputs(&self) -> usize {
+        self.k
     }
 
-    /// Computes `out` (`rows x n`) from the rows of `values` with `kernel`. Under a multi-threaded
-    /// tract executor the rows are split between its threads, each quantizing and computing its own.
-    fn compute(&self, values: &[f32], kernel: Kernel, out: &mut [f32]) {
-        let run = |values: &[f32], out: &mut [f32]| {
-            ACTIVATIONS.with_borrow_mut(|activations| {
-                activations.pack(values, self.k, kernel);
-                self.rows(kernel, &activations.rows, &activations.scales, out);
-            })
-        };
-        let tiles = (out.len() / self.n).div_ceil(TOKENS);
-        match current_tract_executor() {
-            Executor::MultiThread(pool) if tiles > 1 => {
-                let rows = tiles.div_ceil(pool.current_num_threads().min(tiles)) * TOKENS;
-                pool.install(|| {
-                    use rayon::prelude::*;
-                    out.par_chunks_mut(rows * self.n)
-                        .zip(values.par_chunks(rows * self.k))
-                        .for_each(|(out, values)| run(values, out));
-                });
-            }
-            _ => run(values, out),
-        }
+    fn outputs(&self) -> usize {
+        self.n
     }
 
-    /// Computes `out` (`rows x n`, row-major) from the packed tiles of those rows: for each group of
-    /// channels, every tile, so a group's weights are read from memory once and stay in cache.
-    fn rows(&self, kernel: Kernel, packed: &[u8], row_scales: &[f32], out: &mut [f32]) {
-        let quads = self.k.div_ceil(4);
-        let group_bytes = quads * CHANNELS * 4;
-        let rows = row_scales.len();
-        for (group, weights) in self.blocks.chunks_exact(group_bytes).enumerate() {
-            for first in (0..rows).step_by(TOKENS) {
-                let count = TOKENS.min(rows - first);
+    fn detect() -> Kernel {
+        Kernel::detect()
+    }
+
+    /// Quantizes the rows into this thread's buffer, then computes every tile.
+    fn compute_rows(&self, kernel: Kernel, values: &[f32], out: &mut [f32]) {
+        ACTIVATIONS.with_borrow_mut(|activations| {
+            activations.pack(values, self.k, kernel);
+            let (packed, row_scales) = (&activations.rows, &activations.scales);
+            let quads = self.k.div_ceil(4);
+            let group_bytes = quads * CHANNELS * 4;
+            for (group, first, count) in packed_linear::tiles(row_scales.len(), self.n.div_ceil(CHANNELS)) {
                 let tile = Tile {
                     activations: &packed[first * quads * 4..][..count * quads * 4],
-                    weights,
+                    weights: &self.blocks[group * group_bytes..][..group_bytes],
                     quads,
                     row_scales: &row_scales[first..first + count],
                     channel: group * CHANNELS,
@@ -289,13 +187,13 @@ impl PackedWeights {
                     Kernel::Portable => tile.compute_portable(out),
                 }
             }
-        }
+        })
     }
 }
 
 /// Which implementation computes the tiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kernel {
+pub(crate) enum Kernel {
     /// AVX-512 VNNI (`vpdpbusd`), where the CPU has it.
     #[cfg(target_arch = "x86_64")]
     Vnni,
@@ -314,7 +212,7 @@ impl Kernel {
     }
 }
 
-/// One tile of the product: up to [`TOKENS`] rows by one group of [`CHANNELS`] channels.
+/// One tile of the product: up to [`packed_linear::TOKENS`] rows by one group of [`CHANNELS`] channels.
 struct Tile<'a> {
     /// The rows' quantized activations, row-major, `quads * 4` bytes of `x_q + 128` each.
     activations: &'a [u8],
@@ -384,7 +282,9 @@ impl PackedWeights {
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::{CHANNELS, LANES, Tile, VECTORS};
+    use super::Tile;
+    use crate::packed_linear::avx512::store_channels;
+    use crate::packed_linear::{CHANNELS, LANES, VECTORS};
 
     /// Whether this CPU runs [`tile`] and [`quantize_row`].
     pub fn available() -> bool {
@@ -454,24 +354,20 @@ mod vnni {
             }
         }
         for (t, row) in acc.iter().enumerate() {
+            let out = &mut out[t * n..][..n];
             let row_scale = _mm512_set1_ps(tile.row_scales[t]);
             for (v, sum) in row.iter().enumerate() {
                 let o = tile.channel + v * LANES;
                 if o >= n {
                     break;
                 }
-                // SAFETY: the per-channel vectors are padded to whole groups; `out` has row `t`.
+                // SAFETY: the per-channel vectors are padded to whole groups.
                 unsafe {
                     let offset = _mm512_loadu_si512(layer.offsets.as_ptr().add(o) as *const __m512i);
                     let value = _mm512_cvtepi32_ps(_mm512_sub_epi32(*sum, offset));
                     let scale = _mm512_mul_ps(_mm512_loadu_ps(layer.scales.as_ptr().add(o)), row_scale);
                     let y = _mm512_fmadd_ps(value, scale, _mm512_loadu_ps(layer.bias.as_ptr().add(o)));
-                    let dst = out.as_mut_ptr().add(t * n + o);
-                    if o + LANES <= n {
-                        _mm512_storeu_ps(dst, y);
-                    } else {
-                        _mm512_mask_storeu_ps(dst, (1u16 << (n - o)) - 1, y);
-                    }
+                    store_channels(out, o, y);
                 }
             }
         }
@@ -552,7 +448,7 @@ fn deserialize(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> T
 
 #[cfg(test)]
 mod tests {
-    use tract_linalg::multithread::multithread_tract_scope;
+    use tract_linalg::multithread::{Executor, multithread_tract_scope};
 
     use super::*;
 
@@ -618,7 +514,7 @@ mod tests {
     /// Runs `weights` on `x` with one kernel, on the calling thread.
     fn run(weights: &PackedWeights, x: &[f32], kernel: Kernel) -> Vec<f32> {
         let mut out = vec![f32::NAN; x.len() / weights.k * weights.n];
-        weights.compute(x, kernel, &mut out);
+        packed_linear::compute(weights, x, kernel, &mut out);
         out
     }
 
@@ -693,7 +589,10 @@ mod tests {
         let mut buffer = vec![];
         crate::nnef().write_to_tar(&model, &mut buffer)?;
         let reloaded = crate::nnef().model_for_read(&mut &buffer[..])?.into_optimized()?;
-        assert!(reloaded.nodes().iter().any(|node| node.op_is::<PackedLinearI8>()), "weights not packed");
+        assert!(
+            reloaded.nodes().iter().any(|node| node.op_is::<PackedLinear<PackedWeights>>()),
+            "weights not packed"
+        );
         let plan = reloaded.into_runnable()?;
         for executor in [Executor::SingleThread, Executor::multithread(2)] {
             let got = multithread_tract_scope(executor, || plan.run(tvec!(x.clone().into_tvalue())))?;

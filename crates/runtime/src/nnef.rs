@@ -5,14 +5,16 @@ use tract_nnef::internal::*;
 mod ceil_pool;
 
 /// tract's NNEF reader and writer with the `kiln` extension registered: [`crate::Attention`]
-/// (`kiln_attention`) and [`crate::LinearI8`] (`kiln_linear_i8`) of format version 2 graphs, and
-/// [`crate::QuantizeRows`] (`kiln_quantize_rows`) of version 1 int8 graphs; it also writes pools in ONNX ceil
-/// mode as plain NNEF pools, which tract's writer would get wrong. What reads and writes every kiln graph,
-/// so int8 artifacts and ONNX imports round-trip.
+/// (`kiln_attention`), [`crate::LinearI8`] (`kiln_linear_i8`) and [`crate::LinearBf16`]
+/// (`kiln_linear_bf16`) of format version 2 graphs and later, and [`crate::QuantizeRows`]
+/// (`kiln_quantize_rows`) of version 1 int8 graphs; it also writes pools in ONNX ceil mode as plain NNEF
+/// pools, which tract's writer would get wrong. What reads and writes every kiln graph, so int8 and bf16
+/// artifacts and ONNX imports round-trip.
 pub fn nnef() -> tract_nnef::framework::Nnef {
     let mut registry = Registry::new("kiln")
-        .with_doc("Extension `kiln`: fused attention and int8 linear layers of kiln's ViT graphs.");
+        .with_doc("Extension `kiln`: fused attention and int8/bf16 linear layers of kiln's ViT graphs.");
     crate::linear_i8::register(&mut registry);
+    crate::linear_bf16::register(&mut registry);
     crate::attention::register(&mut registry);
     crate::quantize::register(&mut registry);
     ceil_pool::register(&mut registry);

@@ -1,0 +1,552 @@
+//! `LinearBf16`: a linear layer on bf16 operands as one graph operation, f32 activations in and f32
+//! outputs out, and its NNEF form.
+//!
+//! bf16 keeps f32's exponent and 8 bits of its mantissa: weights stored in it take half the bytes of
+//! f32, and a product of two bf16 values is exact in f32, so with f32 accumulation the only errors
+//! are the two roundings of the operands. AVX512_BF16's `vdpbf16ps` multiplies 16 channels by 2
+//! inputs and accumulates in f32 in one instruction. This operation converts each token to bf16
+//! straight into the kernel's layout, runs a kernel whose inner loop is only loads and `vdpbf16ps`,
+//! and adds the bias while storing the accumulators. It is serialized as the NNEF extension `kiln`,
+//! its weights as the `u16` bit patterns of bf16 values (NNEF has no bf16 type).
+
+use tract_nnef::internal::*;
+
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::math;
+
+use crate::packed_linear::{self, CHANNELS, PackedLayer, PackedLinear};
+
+/// The NNEF fragment name of [`LinearBf16`].
+const PRIMITIVE: &str = "kiln_linear_bf16";
+
+/// `x @ weight^T + bias` on bf16 operands, f32 in and out. `x` (`f32[..., k]`) is rounded to bf16 at
+/// run time (to nearest, ties to even); `weight` (`u16[n, k]`, the bit patterns of bf16 values) was
+/// rounded at export ([`LinearBf16::weights`]); `bias` is `f32[n]`. Products accumulate in f32.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinearBf16;
+
+impl LinearBf16 {
+    /// The weight operand of the layer for an f32 `weight` (`[n, k]`): each value rounded to the
+    /// nearest bf16 (ties to even), as its `u16` bit pattern.
+    pub fn weights(weight: &Tensor) -> TractResult<Tensor> {
+        ensure!(weight.rank() == 2, "a bf16 linear weight must be [out, in], found {:?}", weight.shape());
+        let weight = weight.cast_to::<f32>()?;
+        let plain = weight.try_as_plain_ram()?;
+        let bits: Vec<u16> = plain.as_slice::<f32>()?.iter().map(|&v| bf16_bits(v)).collect();
+        Tensor::from_shape(weight.shape(), &bits)
+    }
+}
+
+/// `value` rounded to the nearest bf16, ties to even, as `vcvtne2ps2bf16` does: NaN stays a (quiet)
+/// NaN and subnormals become zeros of their sign, as `vdpbf16ps` would read them anyway.
+pub(crate) fn bf16_bits(value: f32) -> u16 {
+    let bits = value.to_bits();
+    if value.is_nan() {
+        ((bits >> 16) | 0x40) as u16
+    } else if bits & 0x7f80_0000 == 0 {
+        ((bits >> 16) & 0x8000) as u16
+    } else {
+        (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    }
+}
+
+/// The f32 a bf16 bit pattern stands for (exact).
+fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+impl Op for LinearBf16 {
+    fn name(&self) -> StaticName {
+        "LinearBf16".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for LinearBf16 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let weights = PackedWeights::new(&inputs[1], &inputs[2])?;
+        Ok(tvec!(packed_linear::apply(&weights, &inputs[0])?.into_tvalue()))
+    }
+}
+
+impl TypedOp for LinearBf16 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let weights = (u16::datum_type(), "u16 (bf16 bit patterns)");
+        packed_linear::linear_output_facts("linear_bf16", inputs, (3, "input, weight and bias"), weights)
+    }
+
+    /// Packs constant weights once, when the plan is built. Without AVX512_BF16 the layer becomes
+    /// tract's f32 matmul on the weights widened to f32 once here: tract's AVX2/AVX-512/NEON f32
+    /// kernels are far faster than a portable bf16 loop, and compute the same products (a bf16 value
+    /// is exact in f32) in their own summation order.
+    fn codegen(&self, model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+        let konst = |ix: usize| model.outlet_fact(node.inputs[ix]).map(|f| f.konst.clone());
+        let (Some(weight), Some(bias)) = (konst(1)?, konst(2)?) else {
+            return Ok(None);
+        };
+        if Kernel::detect() == Kernel::Portable {
+            return lower_to_tract(model, node, &weight, &bias).map(Some);
+        }
+        let packed = PackedLinear::new(PackedWeights::new(&weight, &bias)?);
+        TypedModelPatch::replace_single_op(model, node, &[node.inputs[0]], packed).map(Some)
+    }
+
+    as_op!();
+}
+
+/// The layer in tract's operators: the f32 einsum against the weights widened to f32, and the bias.
+fn lower_to_tract(
+    model: &TypedModel,
+    node: &TypedNode,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> TractResult<TypedModelPatch> {
+    let rank = model.outlet_fact(node.inputs[0])?.rank();
+    let batch: String = "abcdefgh".chars().take(rank - 1).collect();
+    ensure!(batch.len() == rank - 1, "linear_bf16 input of rank {rank}: at most 9 axes");
+    let bits = weight.cast_to::<u16>()?;
+    let plain = bits.try_as_plain_ram()?;
+    let widened: Vec<f32> = plain.as_slice::<u16>()?.iter().map(|&b| bf16_value(b)).collect();
+    let mut per_channel = tvec![1; rank - 1];
+    per_channel.push(bias.len());
+    let name = &node.name;
+    let mut patch = TypedModelPatch::default();
+    let x = patch.tap_model(model, node.inputs[0])?;
+    let weight =
+        patch.add_const(format!("{name}.weight_f32"), Tensor::from_shape(weight.shape(), &widened)?)?;
+    let einsum = EinSum::new(format!("{batch}i,oi->{batch}o").parse()?, f32::datum_type());
+    let y = patch.wire_node(format!("{name}.matmul"), einsum, &[x, weight])?[0];
+    let bias = patch.add_const(format!("{name}.bias_value"), bias.clone().into_shape(&per_channel)?)?;
+    let y = patch.wire_node(format!("{name}.bias"), math::add(), &[y, bias])?[0];
+    patch.shunt_outside(model, node.id.into(), y)?;
+    Ok(patch)
+}
+
+/// One layer's weights in the kernel's layout: groups of [`CHANNELS`] output channels, each
+/// `[ceil(k / 2)][CHANNELS][2]` bf16 values, so that one 64-byte load gives 16 channels x 2 inputs,
+/// the operand `vdpbf16ps` multiplies against 2 inputs broadcast. Channels past `n` and the input
+/// past an odd `k` are zero.
+#[derive(Clone, Debug)]
+pub(crate) struct PackedWeights {
+    k: usize,
+    n: usize,
+    blocks: Vec<u16>,
+    /// Per channel (padded): the bias.
+    bias: Vec<f32>,
+}
+
+impl PackedWeights {
+    fn new(weight: &Tensor, bias: &Tensor) -> TractResult<PackedWeights> {
+        ensure!(weight.rank() == 2, "linear_bf16 weights are [out, in], found {:?}", weight.shape());
+        let (n, k) = (weight.shape()[0], weight.shape()[1]);
+        let weight = weight.cast_to::<u16>()?;
+        let plain = weight.try_as_plain_ram()?;
+        let values = plain.as_slice::<u16>()?;
+        let bias = packed_linear::padded_channels("linear_bf16", bias, n, "bias")?;
+        let pairs = k.div_ceil(2);
+        let mut blocks = vec![0u16; n.div_ceil(CHANNELS) * pairs * CHANNELS * 2];
+        for (o, row) in values.chunks_exact(k.max(1)).take(n).enumerate() {
+            let (group, channel) = (o / CHANNELS, o % CHANNELS);
+            for (i, &w) in row.iter().enumerate() {
+                blocks[((group * pairs + i / 2) * CHANNELS + channel) * 2 + i % 2] = w;
+            }
+        }
+        Ok(PackedWeights { k, n, blocks, bias })
+    }
+
+    fn pairs(&self) -> usize {
+        self.k.div_ceil(2)
+    }
+}
+
+impl PackedLayer for PackedWeights {
+    const OPERATOR: &'static str = "linear_bf16";
+    const PACKED_NAME: &'static str = "PackedLinearBf16";
+    const ACCUMULATOR: DatumType = DatumType::F32;
+    type Kernel = Kernel;
+
+    fn inputs(&self) -> usize {
+        self.k
+    }
+
+    fn outputs(&self) -> usize {
+        self.n
+    }
+
+    fn detect() -> Kernel {
+        Kernel::detect()
+    }
+
+    /// Converts the rows to bf16 into this thread's buffer, then computes every tile.
+    fn compute_rows(&self, kernel: Kernel, values: &[f32], out: &mut [f32]) {
+        ACTIVATIONS.with_borrow_mut(|activations| {
+            let width = self.pairs() * 2;
+            let rows = values.len() / self.k;
+            activations.clear();
+            activations.resize(rows * width, 0);
+            for (values, row) in values.chunks_exact(self.k).zip(activations.chunks_exact_mut(width)) {
+                row.iter_mut().zip(values).for_each(|(b, &v)| *b = bf16_bits(v));
+            }
+            let group_values = self.pairs() * CHANNELS * 2;
+            for (group, first, count) in packed_linear::tiles(rows, self.n.div_ceil(CHANNELS)) {
+                let tile = Tile {
+                    activations: &activations[first * width..][..count * width],
+                    weights: &self.blocks[group * group_values..][..group_values],
+                    rows: count,
+                    channel: group * CHANNELS,
+                    layer: self,
+                };
+                let out = &mut out[first * self.n..(first + count) * self.n];
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Bf16 => tile.compute_bf16(out),
+                    Kernel::Portable => tile.compute_portable(out),
+                }
+            }
+        })
+    }
+}
+
+thread_local! {
+    /// The rows converted to bf16 for the kernels (`ceil(k / 2) * 2` values a row, the padding input
+    /// zero), in a buffer each thread keeps between calls, as `linear_i8` does for the same reason.
+    static ACTIVATIONS: std::cell::RefCell<Vec<u16>> = Default::default();
+}
+
+/// Which implementation computes the tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// AVX512_BF16 (`vdpbf16ps`), where the CPU has it.
+    #[cfg(target_arch = "x86_64")]
+    Bf16,
+    /// Plain Rust, with `vdpbf16ps`'s exact arithmetic: the unoptimized graph's path and the
+    /// AVX-512 kernel's reference (optimized plans without AVX512_BF16 use tract's f32 matmul).
+    Portable,
+}
+
+impl Kernel {
+    fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if bf16::available() {
+            return Kernel::Bf16;
+        }
+        Kernel::Portable
+    }
+}
+
+/// One tile of the product: up to [`packed_linear::TOKENS`] rows by one group of [`CHANNELS`] channels.
+struct Tile<'a> {
+    /// The rows' bf16 activations, row-major, `pairs * 2` values each.
+    activations: &'a [u16],
+    /// The group's packed weights.
+    weights: &'a [u16],
+    rows: usize,
+    /// The group's first output channel.
+    channel: usize,
+    layer: &'a PackedWeights,
+}
+
+impl Tile<'_> {
+    /// Writes the tile's outputs into `out` (its rows, `n` values each) with the AVX-512 kernel.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    fn compute_bf16(&self, out: &mut [f32]) {
+        // SAFETY: `Kernel::Bf16` is only chosen when the CPU has the features `bf16::tile` is
+        // compiled for, and `Tile`'s slices have the lengths its loads assume (built by
+        // `PackedWeights::compute_rows`).
+        unsafe {
+            match self.rows {
+                12 => bf16::tile::<12>(self, out),
+                11 => bf16::tile::<11>(self, out),
+                10 => bf16::tile::<10>(self, out),
+                9 => bf16::tile::<9>(self, out),
+                8 => bf16::tile::<8>(self, out),
+                7 => bf16::tile::<7>(self, out),
+                6 => bf16::tile::<6>(self, out),
+                5 => bf16::tile::<5>(self, out),
+                4 => bf16::tile::<4>(self, out),
+                3 => bf16::tile::<3>(self, out),
+                2 => bf16::tile::<2>(self, out),
+                _ => bf16::tile::<1>(self, out),
+            }
+        }
+    }
+
+    /// `vdpbf16ps`'s arithmetic without SIMD: per pair of inputs, the odd product is added first,
+    /// then the even one, each rounded to f32 (the products themselves are exact), then the bias.
+    fn compute_portable(&self, out: &mut [f32]) {
+        let (n, pairs) = (self.layer.n, self.layer.pairs());
+        for t in 0..self.rows {
+            let x = &self.activations[t * pairs * 2..][..pairs * 2];
+            for c in 0..CHANNELS.min(n - self.channel) {
+                let mut acc = 0f32;
+                for p in 0..pairs {
+                    let w = &self.weights[(p * CHANNELS + c) * 2..][..2];
+                    acc += bf16_value(x[2 * p + 1]) * bf16_value(w[1]);
+                    acc += bf16_value(x[2 * p]) * bf16_value(w[0]);
+                }
+                out[t * n + self.channel + c] = acc + self.layer.bias[self.channel + c];
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod bf16 {
+    use std::arch::x86_64::*;
+
+    use super::Tile;
+    use crate::packed_linear::avx512::store_channels;
+    use crate::packed_linear::{CHANNELS, LANES, VECTORS};
+
+    /// Whether this CPU runs [`tile`].
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// The tile of `T` rows: `T * VECTORS` accumulators; per 2 inputs, `VECTORS` weight loads, `T`
+    /// broadcasts and `T * VECTORS` `vdpbf16ps`. Then bias and store, per register.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BF16; `tile.activations` holds `T` rows of `pairs * 2` values,
+    /// `tile.weights` `pairs * CHANNELS * 2`, and `out` `T` rows of `n` values.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn tile<const T: usize>(tile: &Tile, out: &mut [f32]) {
+        let layer = tile.layer;
+        let (n, pairs) = (layer.n, layer.pairs());
+        debug_assert!(tile.activations.len() >= pairs * T * 2);
+        debug_assert!(tile.weights.len() >= pairs * CHANNELS * 2);
+        debug_assert!(out.len() >= T * n);
+        let mut acc = [[_mm512_setzero_ps(); VECTORS]; T];
+        let stride = pairs * 2;
+        let (mut x, mut w) = (tile.activations.as_ptr(), tile.weights.as_ptr());
+        for _ in 0..pairs {
+            // SAFETY: within the slices, per the lengths above; `__m512i` and `__m512bh` are both
+            // 64 plain bytes.
+            unsafe {
+                let weights: [__m512bh; VECTORS] = std::array::from_fn(|v| {
+                    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                        w.add(v * LANES * 2) as *const __m512i
+                    ))
+                });
+                for (t, row) in acc.iter_mut().enumerate() {
+                    let pair = (x.add(t * stride) as *const i32).read_unaligned();
+                    let inputs = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
+                    for (sum, weight) in row.iter_mut().zip(&weights) {
+                        *sum = _mm512_dpbf16_ps(*sum, inputs, *weight);
+                    }
+                }
+                x = x.add(2);
+                w = w.add(CHANNELS * 2);
+            }
+        }
+        for (t, row) in acc.iter().enumerate() {
+            let out = &mut out[t * n..][..n];
+            for (v, sum) in row.iter().enumerate() {
+                let o = tile.channel + v * LANES;
+                if o >= n {
+                    break;
+                }
+                // SAFETY: the bias is padded to whole groups.
+                let bias = unsafe { _mm512_loadu_ps(layer.bias.as_ptr().add(o)) };
+                store_channels(out, o, _mm512_add_ps(*sum, bias));
+            }
+        }
+    }
+}
+
+/// Registers `kiln_linear_bf16` in the `kiln` NNEF extension.
+pub(crate) fn register(registry: &mut Registry) {
+    registry.register_dumper(serialize);
+    registry.register_primitive(
+        PRIMITIVE,
+        &[
+            TypeName::Scalar.tensor().named("input"),
+            TypeName::Integer.tensor().named("weight"),
+            TypeName::Scalar.tensor().named("bias"),
+        ],
+        &[("output", TypeName::Scalar.tensor())],
+        deserialize,
+    );
+}
+
+fn serialize(ast: &mut IntoAst, node: &TypedNode, _op: &LinearBf16) -> TractResult<Option<Arc<RValue>>> {
+    crate::nnef::invocation_of(PRIMITIVE, ast, node)
+}
+
+fn deserialize(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    let inputs = crate::nnef::named_wires(builder, invocation, &["input", "weight", "bias"])?;
+    builder.wire(LinearBf16, &inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use tract_linalg::multithread::{Executor, multithread_tract_scope};
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// Deterministic values in [-1, 1], scattered enough that rows differ.
+    fn pseudo_random(count: usize, seed: u32) -> Vec<f32> {
+        (0..count).map(|i| ((i * 7919 + seed as usize * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    /// A layer of `n` outputs over `k` inputs: its f32 weights (`[n, k]`) and bias.
+    fn layer(n: usize, k: usize, seed: u32) -> TractResult<[Tensor; 2]> {
+        Ok([
+            Tensor::from_shape(&[n, k], &pseudo_random(n * k, seed))?,
+            Tensor::from_shape(&[n], &pseudo_random(n, seed + 1))?,
+        ])
+    }
+
+    fn values(t: &Tensor) -> TractResult<Vec<f32>> {
+        Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect())
+    }
+
+    /// Runs `weights` on `x` with one kernel, on the calling thread.
+    fn run(weights: &PackedWeights, x: &[f32], kernel: Kernel) -> Vec<f32> {
+        let mut out = vec![f32::NAN; x.len() / weights.k * weights.n];
+        packed_linear::compute(weights, x, kernel, &mut out);
+        out
+    }
+
+    /// Rounding to bf16 is to nearest with ties to even (relative error at most `2^-8`), keeps
+    /// infinities and NaN, and flushes subnormals to zero.
+    #[test]
+    fn values_round_to_the_nearest_bf16() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        assert_eq!(bf16_bits(f32::from_bits(0x3f80_8000)), 0x3f80, "a tie rounds to the even 0x3f80");
+        assert_eq!(bf16_bits(f32::from_bits(0x3f81_8000)), 0x3f82, "a tie rounds to the even 0x3f82");
+        assert_eq!(bf16_bits(f32::from_bits(0x3f80_8001)), 0x3f81);
+        assert_eq!(bf16_bits(-2.5), 0xc020);
+        assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
+        assert_eq!(bf16_bits(f32::MAX), 0x7f80, "rounds up to infinity, as RNE does");
+        assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
+        assert_eq!(bf16_bits(-f32::from_bits(1)), 0x8000);
+        for v in pseudo_random(1000, 3) {
+            let error = (bf16_value(bf16_bits(v)) - v).abs();
+            assert!(error <= v.abs() * 2f32.powi(-8), "{v}: error {error}");
+        }
+    }
+
+    /// Every shape edge (one row, rows not a multiple of the tile, odd `k` and `k` not a multiple of
+    /// 32, `n` odd or not a multiple of the channel group) follows the f32 layer within what the
+    /// rounding of both operands to bf16 allows (relative `2^-8` each, so `2^-7` per product) plus
+    /// f32 summation.
+    #[test]
+    fn outputs_follow_the_f32_layer_within_bf16_rounding() -> TestResult {
+        for (rows, k, n) in [(1, 1, 1), (1, 768, 768), (5, 7, 41), (12, 64, 32), (13, 70, 101), (30, 771, 65)]
+        {
+            let [weight, bias] = layer(n, k, (rows * k + n) as u32)?;
+            let weights = PackedWeights::new(&LinearBf16::weights(&weight)?, &bias)?;
+            let x = pseudo_random(rows * k, 7);
+            let (w, b) = (values(&weight)?, values(&bias)?);
+            let got = run(&weights, &x, Kernel::detect());
+            for (r, row) in x.chunks(k).enumerate() {
+                for o in 0..n {
+                    let products = row.iter().zip(&w[o * k..][..k]).map(|(&x, &w)| x as f64 * w as f64);
+                    let expected = products.clone().sum::<f64>() + b[o] as f64;
+                    let magnitude = products.map(f64::abs).sum::<f64>();
+                    let tolerance = magnitude * (2f64.powi(-7) + k as f64 * 2f64.powi(-24)) + 1e-6;
+                    let error = (got[r * n + o] as f64 - expected).abs();
+                    assert!(error <= tolerance, "{rows}x{k}x{n}: row {r}, out {o}: {error} > {tolerance}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The AVX512_BF16 kernel and the portable one round the same operands and add the same exact
+    /// products in the same order, so they agree bit for bit.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn bf16_and_portable_kernels_agree_bit_for_bit() -> TestResult {
+        assert!(bf16::available(), "this test needs an AVX512_BF16 CPU, as kiln's CI machines have");
+        for (rows, k, n) in
+            [(1, 1, 1), (1, 768, 3072), (5, 7, 40), (12, 64, 32), (25, 97, 101), (197, 768, 64)]
+        {
+            let [weight, bias] = layer(n, k, (rows + k * n) as u32)?;
+            let weights = PackedWeights::new(&LinearBf16::weights(&weight)?, &bias)?;
+            let x = pseudo_random(rows * k, 11);
+            let fast = run(&weights, &x, Kernel::Bf16);
+            let portable = run(&weights, &x, Kernel::Portable);
+            let differ = fast.iter().zip(&portable).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{rows}x{k}x{n}: {differ} outputs differ");
+        }
+        Ok(())
+    }
+
+    /// A graph of one layer over a `[1, rows, k]` input.
+    fn layer_model(rows: usize, k: usize, n: usize) -> TractResult<TypedModel> {
+        let mut model = TypedModel::default();
+        let source = model.add_source("x", f32::fact([1, rows, k]))?;
+        let [weight, bias] = layer(n, k, 3)?;
+        let weight = model.add_const("weight", LinearBf16::weights(&weight)?)?;
+        let bias = model.add_const("bias", bias)?;
+        let output = model.wire_node("linear", LinearBf16, &[source, weight, bias])?;
+        model.select_output_outlets(&output)?;
+        Ok(model)
+    }
+
+    /// Without AVX512_BF16 the layer is rewritten into tract's f32 matmul on the widened weights: the
+    /// same products summed in another order, and no kiln layer left.
+    #[test]
+    fn the_tract_rewrite_computes_the_same_layer() -> TestResult {
+        let (rows, k, n) = (29, 47, 72);
+        let model = layer_model(rows, k, n)?;
+        let x = Tensor::from_shape(&[1, rows, k], &pseudo_random(rows * k, 5))?;
+        let expected = model.clone().into_runnable()?.run(tvec!(x.clone().into_tvalue()))?;
+        let mut lowered = model;
+        let node = lowered.nodes().iter().find(|node| node.op_is::<LinearBf16>()).ok_or("no layer")?.clone();
+        let konst = |ix: usize| lowered.outlet_fact(node.inputs[ix])?.konst.clone().context("not a constant");
+        let (weight, bias) = (konst(1)?, konst(2)?);
+        lower_to_tract(&lowered, &node, &weight, &bias)?.apply(&mut lowered)?;
+        let optimized = lowered.into_optimized()?;
+        let ops: Vec<String> = optimized.nodes().iter().map(|node| node.op.name().to_string()).collect();
+        assert!(ops.iter().any(|op| op == "OptMatMul"), "tract's matmul not used: {ops:?}");
+        assert!(!ops.iter().any(|op| op.ends_with("LinearBf16")), "a kiln layer is left: {ops:?}");
+        let got = optimized.into_runnable()?.run(tvec!(x.into_tvalue()))?;
+        // The f32 matmul takes the activations unrounded: within bf16's rounding of x.
+        for (got, expected) in values(&got[0])?.iter().zip(values(&expected[0])?) {
+            assert!((got - expected).abs() <= 0.05 * (1.0 + expected.abs()), "{got} vs {expected}");
+        }
+        Ok(())
+    }
+
+    /// A graph holding the operation survives an NNEF write and read with [`crate::nnef`] (weights as
+    /// u16); optimized (the weights packed once) on one thread or two, it computes what the
+    /// unoptimized graph does.
+    #[test]
+    fn nnef_round_trip_and_threads_keep_the_outputs() -> TestResult {
+        let (rows, k, n) = (29, 48, 72);
+        let model = layer_model(rows, k, n)?;
+        let x = Tensor::from_shape(&[1, rows, k], &pseudo_random(rows * k, 5))?;
+        let expected = model.clone().into_runnable()?.run(tvec!(x.clone().into_tvalue()))?.remove(0);
+        assert_eq!(expected.shape(), &[1, rows, n]);
+
+        let mut buffer = vec![];
+        crate::nnef().write_to_tar(&model, &mut buffer)?;
+        let reloaded = crate::nnef().model_for_read(&mut &buffer[..])?;
+        let weight = reloaded.nodes().iter().find_map(|node| {
+            node.op_as::<tract_core::ops::konst::Const>()
+                .filter(|c| c.val().datum_type() == u16::datum_type())
+        });
+        assert!(weight.is_some(), "the bf16 weights were not stored as u16");
+        let optimized = reloaded.into_optimized()?;
+        if Kernel::detect() != Kernel::Portable {
+            let packed = optimized.nodes().iter().any(|node| node.op_is::<PackedLinear<PackedWeights>>());
+            assert!(packed, "weights not packed");
+        }
+        let plan = optimized.into_runnable()?;
+        for executor in [Executor::SingleThread, Executor::multithread(2)] {
+            let got = multithread_tract_scope(executor, || plan.run(tvec!(x.clone().into_tvalue())))?;
+            assert_eq!(values(&got[0])?, values(&expected)?);
+        }
+        Ok(())
+    }
+}

@@ -63,27 +63,38 @@ fn non_default_config_matches_reference() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--precision int8` through the binary: recorded in the manifest with its accuracy report, and the
-/// quantized tiny model still gives the reference's top-1 on every fixture image.
+/// `--precision int8` through the binary: recorded in the manifest with its accuracy report, gated by
+/// the images of the `--accuracy-image` directory (not by the synthetic ones), and the quantized tiny
+/// model still gives the reference's top-1 on every fixture image.
 #[test]
 fn int8_export_keeps_the_reference_top1() -> anyhow::Result<()> {
     /// Largest |confidence - reference| accepted for the int8 graph (quantization noise, not parity).
     const INT8_CONFIDENCE_TOLERANCE: f64 = 0.05;
-    let (_base, version_dir) =
-        export(&fixture("models/tiny-vit/model.safetensors"), &["--precision", "int8"])?;
+    let images_dir = fixture("images");
+    let images_arg = images_dir.to_str().context("utf-8 path")?;
+    let (_base, version_dir) = export(
+        &fixture("models/tiny-vit/model.safetensors"),
+        &["--precision", "int8", "--accuracy-image", images_arg],
+    )?;
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(version_dir.join("manifest.json"))?)?;
     ensure!(manifest["graph"]["precision"] == "int8", "manifest graph: {}", manifest["graph"]);
     let accuracy: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(version_dir.join("accuracy.json"))?)?;
-    let synthetic = accuracy["sets"]
-        .as_array()
-        .and_then(|sets| sets.iter().find(|set| set["name"] == "synthetic"))
-        .with_context(|| format!("accuracy.json has no synthetic set: {accuracy}"))?;
-    let agreement = synthetic["top1_agreement"].as_f64().context("no top1_agreement")?;
-    ensure!(agreement >= 0.95 && synthetic["images"].as_u64() > Some(0), "accuracy.json: {accuracy}");
-
+    let set = |name: &str| {
+        accuracy["sets"]
+            .as_array()
+            .and_then(|sets| sets.iter().find(|set| set["name"] == name))
+            .with_context(|| format!("accuracy.json has no {name} set: {accuracy}"))
+    };
+    let (synthetic, given) = (set("synthetic")?, set("given")?);
     let reference = Reference::load("tiny-vit")?;
+    // The reference covers every file of images/ (not images/bad/), as the directory argument does.
+    ensure!(given["images"].as_u64() == Some(reference.images.len() as u64), "accuracy.json: {accuracy}");
+    ensure!(given["gates"] == true && synthetic["gates"] == false, "accuracy.json: {accuracy}");
+    let agreement = given["top1_agreement"].as_f64().context("no top1_agreement")?;
+    ensure!(agreement >= 0.95, "accuracy.json: {accuracy}");
+
     let images: Vec<String> = reference.images.iter().map(|r| r.image.clone()).collect();
     let mut max_diff = 0f64;
     for (expected, got) in reference.images.iter().zip(run_json(&version_dir, &images)?) {

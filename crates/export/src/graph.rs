@@ -166,6 +166,28 @@ impl GraphWiring {
         self.op(name, runtime::LinearI8, &inputs)
     }
 
+    /// `x @ weight^T + bias` on bf16 operands, as one runtime operation ([`runtime::LinearBf16`]):
+    /// `weight` (`[out, in]`, f32) is rounded to bf16 here, `x` per value at run time; the products
+    /// accumulate in f32.
+    pub fn linear_bf16(
+        &mut self,
+        name: &str,
+        x: OutletId,
+        weight: &Tensor,
+        bias: Option<Tensor>,
+    ) -> TractResult<OutletId> {
+        let bias = match bias {
+            Some(bias) => bias,
+            None => Tensor::zero::<f32>(&[weight.shape()[0]])?,
+        };
+        let inputs = [
+            x,
+            self.konst(&format!("{name}.weight_bf16"), runtime::LinearBf16::weights(weight)?)?,
+            self.konst(&format!("{name}.bias"), bias)?,
+        ];
+        self.op(name, runtime::LinearBf16, &inputs)
+    }
+
     /// Layer normalization over the last axis, as `torch.nn.LayerNorm`.
     pub fn layer_norm(
         &mut self,
@@ -250,7 +272,8 @@ impl GraphWiring {
         self.op(name, AxisOp::Rm(axis), &[kept])
     }
 
-    /// `x @ weight^T + bias` in `precision`: [`GraphWiring::linear`] or [`GraphWiring::linear_int8`].
+    /// `x @ weight^T + bias` in `precision`: [`GraphWiring::linear`], [`GraphWiring::linear_int8`] or
+    /// [`GraphWiring::linear_bf16`].
     pub fn linear_in(
         &mut self,
         precision: Precision,
@@ -262,6 +285,7 @@ impl GraphWiring {
         match precision {
             Precision::F32 => self.linear(name, x, weight, bias),
             Precision::Int8 => self.linear_int8(name, x, &weight, bias),
+            Precision::Bf16 => self.linear_bf16(name, x, &weight, bias),
         }
     }
 
@@ -525,30 +549,60 @@ mod tests {
         Ok(())
     }
 
-    /// The int8 linear (runtime per-row quantization, i8 x i8 -> i32, rescale, bias) follows the f32
-    /// one within the error two 8-bit roundings allow, unoptimized and optimized (packed weights).
-    #[test]
-    fn int8_linear_follows_f32_linear() -> TestResult {
-        let (rows, inputs, outputs) = (7, 64, 24);
+    /// The largest |lowered - f32| of a `rows x inputs -> outputs` linear layer that `lower` rewrites
+    /// into a lower precision, unoptimized and optimized (packed weights, or tract's fallback by CPU).
+    fn worst_difference_from_f32(
+        (rows, inputs, outputs): (usize, usize, usize),
+        lower: impl Fn(&mut GraphWiring, OutletId, &Tensor, Tensor) -> TractResult<OutletId>,
+    ) -> TractResult<[f32; 2]> {
         let x = pseudo_random(rows * inputs, 2);
         let weight = Tensor::from_shape(&[outputs, inputs], &pseudo_random(outputs * inputs, 3))?;
         let bias = Tensor::from_shape(&[outputs], &pseudo_random(outputs, 4))?;
         let mut g = GraphWiring::new();
         let source = g.model.add_source("x", f32::fact([1, rows, inputs]))?;
         let exact = g.linear("f32", source, weight.clone(), Some(bias.clone()))?;
-        let approx = g.linear_int8("int8", source, &weight, Some(bias))?;
+        let approx = lower(&mut g, source, &weight, bias)?;
         g.model.select_output_outlets(&[exact, approx])?;
         let input = Tensor::from_shape(&[1, rows, inputs], &x)?;
         let plain = g.model.clone().into_runnable()?.run(tvec!(input.clone().into_tvalue()))?;
         let optimized = g.model.into_optimized()?.into_runnable()?.run(tvec!(input.into_tvalue()))?;
-        for outputs in [plain, optimized] {
+        let worst = |outputs: TVec<TValue>| -> TractResult<f32> {
             let exact = outputs[0].to_plain_array_view::<f32>()?;
             let approx = outputs[1].to_plain_array_view::<f32>()?;
-            // Each product is off by at most half a step of each operand: |x|,|w| <= 1, steps 1/127.
-            let tolerance = inputs as f32 * (1.0 / 127.0 + 1.0 / (127.0 * 127.0 * 4.0));
-            let worst = exact.iter().zip(approx.iter()).fold(0f32, |m, (e, a)| m.max((e - a).abs()));
+            Ok(exact.iter().zip(approx.iter()).fold(0f32, |m, (e, a)| m.max((e - a).abs())))
+        };
+        Ok([worst(plain)?, worst(optimized)?])
+    }
+
+    /// The int8 linear (runtime per-row quantization, i8 x i8 -> i32, rescale, bias) follows the f32
+    /// one within the error two 8-bit roundings allow.
+    #[test]
+    fn int8_linear_follows_f32_linear() -> TestResult {
+        let inputs = 64;
+        let worst = worst_difference_from_f32((7, inputs, 24), |g, source, weight, bias| {
+            g.linear_int8("int8", source, weight, Some(bias))
+        })?;
+        // Each product is off by at most half a step of each operand: |x|,|w| <= 1, steps 1/127.
+        let tolerance = inputs as f32 * (1.0 / 127.0 + 1.0 / (127.0 * 127.0 * 4.0));
+        for worst in worst {
             assert!(worst <= tolerance, "max |int8 - f32| {worst} above {tolerance}");
             assert!(worst > 0.0, "the int8 path returned exactly the f32 result: it did not quantize");
+        }
+        Ok(())
+    }
+
+    /// The bf16 linear (operands rounded to bf16, f32 sums, bias) follows the f32 one within bf16's
+    /// relative rounding of both operands.
+    #[test]
+    fn bf16_linear_follows_f32_linear() -> TestResult {
+        let inputs = 67;
+        let worst = worst_difference_from_f32((7, inputs, 33), |g, source, weight, bias| {
+            g.linear_bf16("bf16", source, weight, Some(bias))
+        })?;
+        // Each product is off by at most 2^-7 of itself (two roundings of 2^-8): |x|, |w| <= 1.
+        let tolerance = inputs as f32 * 2f32.powi(-7);
+        for worst in worst {
+            assert!(worst <= tolerance, "max |bf16 - f32| {worst} above {tolerance}");
         }
         Ok(())
     }

@@ -80,6 +80,14 @@ pub enum ExportError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// A directory given as accuracy images holds no image file.
+    #[error("{path}: no image file ({extensions}) to compare the export with f32 on")]
+    NoAccuracyImages {
+        /// The directory.
+        path: PathBuf,
+        /// The extensions looked for.
+        extensions: String,
+    },
     /// No supported checkpoint file was found.
     #[error("{path}: no model.safetensors, pytorch_model.bin or model.onnx found")]
     NoCheckpoint {

@@ -38,10 +38,15 @@ pub const ACCURACY_FILE: &str = "accuracy.json";
 /// Synthetic images a lower-precision export is compared with f32 on, besides the warm-up samples.
 const ACCURACY_SAMPLES: usize = 32;
 
-/// Smallest top-1 agreement with f32 a lower-precision export may have on each image set; below it nothing
-/// is published. Not 0.99: on random-weight checkpoints (the full-size benchmark model) every class has
-/// about 1/1000 probability and top-1 margins of 1e-4 are common, so one near tie in 32 images flips
-/// (measured: 31 of 32 synthetic, 4 of 4 photos). The report records the margin of every flip.
+/// File extensions (lowercase) taken from a directory given as an accuracy image: the formats the runtime
+/// decodes.
+const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"];
+
+/// Smallest top-1 agreement with f32 a lower-precision export may have on the set that gates it (the
+/// user's images when given, else the synthetic ones); below it nothing is published. Not 0.99: on
+/// random-weight checkpoints (the full-size benchmark model) every class has about 1/1000 probability and
+/// top-1 margins of 1e-4 are common, so one near tie in 32 images flips (measured: 31 of 32 synthetic, 4
+/// of 4 photos). The report records the margin of every flip.
 pub const MIN_TOP1_AGREEMENT: f64 = 0.95;
 
 /// What to export and where.
@@ -57,10 +62,11 @@ pub struct ExportRequest {
     pub resize: ResizeMode,
     /// Arithmetic of the encoder's linear layers.
     pub precision: Precision,
-    /// Image files a lower-precision export is also compared with f32 on, reported by name
-    /// in the accuracy report; f32 exports ignore them.
+    /// Image files, or directories of them, a lower-precision export is compared with f32 on: when any
+    /// are given they decide whether it is published (the synthetic images are then only reported, since
+    /// they are not what the model will see); f32 exports ignore them.
     pub accuracy_images: Vec<PathBuf>,
-    /// Smallest top-1 agreement with f32 a lower-precision export must reach on each image set
+    /// Smallest top-1 agreement with f32 a lower-precision export must reach on the gating image set
     /// ([`MIN_TOP1_AGREEMENT`] unless the user holds it to another bar).
     pub min_top1_agreement: f64,
 }
@@ -178,16 +184,16 @@ pub fn export_with(
             .map_err(|e| ExportError::SelfCheck(format!("the runtime cannot load the new artifact: {e}")))?;
             let report = accuracy_report(&source, &spec, &model, request, progress)?;
             let worst = report.sets.iter().map(|s| s.max_confidence_delta).fold(0f32, f32::max);
-            let bar = request.min_top1_agreement;
-            if let Some(low) = report.sets.iter().find(|s| s.top1_agreement < bar) {
+            if let Some(low) = report.failing_set() {
                 return Err(ExportError::SelfCheck(format!(
-                    "{} agrees with f32 on top-1 for {:.1} % of the {} {} images, below {:.0} % (max \
-                     |confidence difference| {:.2e}, smallest f32 margin among the flips {:.2e})",
+                    "{} agrees with f32 on top-1 for {:.1} % of the {} {} images, below the {:.1} % \
+                     --min-top1-agreement (max |confidence difference| {:.2e}, smallest f32 margin among the \
+                     flips {:.2e})",
                     precision.name(),
                     100.0 * low.top1_agreement,
                     low.images,
                     low.name,
-                    100.0 * bar,
+                    100.0 * report.min_top1_agreement,
                     low.max_confidence_delta,
                     low.min_disagreeing_margin.unwrap_or(f32::NAN),
                 )));
@@ -229,10 +235,18 @@ pub struct AccuracyReport {
     pub precision: String,
     /// What it is compared with.
     pub reference: String,
-    /// The top-1 agreement every set had to reach for the artifact to be published.
+    /// The top-1 agreement the gating set had to reach for the artifact to be published.
     pub min_top1_agreement: f64,
     /// One entry per image set.
     pub sets: Vec<AccuracySet>,
+}
+
+impl AccuracyReport {
+    /// The gating set, if it falls below [`AccuracyReport::min_top1_agreement`]: the artifact must not
+    /// be published.
+    pub fn failing_set(&self) -> Option<&AccuracySet> {
+        self.sets.iter().find(|s| s.gates && s.top1_agreement < self.min_top1_agreement)
+    }
 }
 
 /// Agreement with f32 on one set of images.
@@ -240,6 +254,10 @@ pub struct AccuracyReport {
 pub struct AccuracySet {
     /// `synthetic` (deterministic generated images) or `given` (the export's `accuracy_images`).
     pub name: String,
+    /// Whether this set's agreement decides publishing: `given` when there are given images, else
+    /// `synthetic`. Reports written before this field lack it: there every set gated.
+    #[serde(default = "every_set_gated")]
+    pub gates: bool,
     /// Images compared.
     pub images: usize,
     /// Fraction of images whose top-1 class equals f32's.
@@ -251,8 +269,14 @@ pub struct AccuracySet {
     pub min_disagreeing_margin: Option<f32>,
 }
 
+/// What [`AccuracySet::gates`] was before reports recorded it.
+fn every_set_gated() -> bool {
+    true
+}
+
 /// Compares `model` (a lower-precision artifact) with the f32 fused graph of the same source on the
-/// synthetic samples and on the request's accuracy images, one `progress` item per image.
+/// synthetic samples and on the request's accuracy images (which then gate), one `progress` item per
+/// image.
 fn accuracy_report(
     source: &Source,
     spec: &PreprocessSpec,
@@ -265,13 +289,15 @@ fn accuracy_report(
         compile_for_logits(source.graph_in(spec, GraphInput::Pixels, Precision::F32)?, "the f32 graph")?;
     let (height, width) = (model.manifest().graph.height, model.manifest().graph.width);
     let mut synthetic = vec![];
-    for pixels in sample_images_n(height as usize, width as usize, ACCURACY_SAMPLES) {
-        synthetic.push(png(&pixels, height, width)?);
+    for (i, pixels) in sample_images_n(height as usize, width as usize, ACCURACY_SAMPLES).iter().enumerate() {
+        synthetic.push((format!("synthetic image {i}"), png(pixels, height, width)?));
     }
     let mut given = vec![];
-    for path in &request.accuracy_images {
-        given.push(std::fs::read(path).map_err(|source| ExportError::Io { path: path.clone(), source })?);
+    for path in image_files(&request.accuracy_images)? {
+        let bytes = std::fs::read(&path).map_err(|source| ExportError::Io { path: path.clone(), source })?;
+        given.push((path.display().to_string(), bytes));
     }
+    let gating = if given.is_empty() { "synthetic" } else { "given" };
     let mut sets = vec![];
     for (name, inputs) in [("synthetic", synthetic), ("given", given)] {
         if inputs.is_empty() {
@@ -280,8 +306,8 @@ fn accuracy_report(
         let what = format!("comparing {} with f32 on {name} images", request.precision.name());
         progress.start(&what, Some(inputs.len() as u64));
         let mut prepared = vec![];
-        for (i, input) in inputs.iter().enumerate() {
-            prepared.push(model.prepare(input).map_err(|e| failed(format!("{name} image {i}: {e}")))?);
+        for (what, input) in &inputs {
+            prepared.push(model.prepare(input).map_err(|e| failed(format!("{what}: {e}")))?);
         }
         let predictions = model.infer(&prepared).map_err(|e| failed(e.to_string()))?;
         let (mut agree, mut max_delta, mut min_margin) = (0usize, 0f32, None::<f32>);
@@ -306,6 +332,7 @@ fn accuracy_report(
         }
         sets.push(AccuracySet {
             name: name.into(),
+            gates: name == gating,
             images: prepared.len(),
             top1_agreement: agree as f64 / prepared.len() as f64,
             max_confidence_delta: max_delta,
@@ -318,6 +345,41 @@ fn accuracy_report(
         min_top1_agreement: request.min_top1_agreement,
         sets,
     })
+}
+
+/// The files `paths` name: each file itself, and each directory's files with an image extension
+/// ([`IMAGE_EXTENSIONS`]), sorted by name; a directory without any is refused rather than silently
+/// leaving the synthetic images to gate.
+fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ExportError> {
+    let mut files = vec![];
+    for path in paths {
+        let io = |source| ExportError::Io { path: path.clone(), source };
+        if !std::fs::metadata(path).map_err(io)?.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let mut images = vec![];
+        for entry in std::fs::read_dir(path).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let is_image = entry
+                .path()
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+            if is_image && entry.file_type().map_err(io)?.is_file() {
+                images.push(entry.path());
+            }
+        }
+        if images.is_empty() {
+            return Err(ExportError::NoAccuracyImages {
+                path: path.clone(),
+                extensions: IMAGE_EXTENSIONS.join(", "),
+            });
+        }
+        images.sort();
+        files.extend(images);
+    }
+    Ok(files)
 }
 
 /// Compiles a reference graph, returning it with the output slot of its logits.
@@ -527,25 +589,38 @@ mod tests {
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+    /// An export of the committed tiny ViT into `base` with the fixture photos `photos` as given images.
+    fn tiny_vit(
+        base: &Path,
+        precision: Precision,
+        photos: &[&str],
+        min_top1_agreement: f64,
+    ) -> ExportRequest {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+        ExportRequest {
+            checkpoint: fixtures.join("models/tiny-vit"),
+            base: base.to_owned(),
+            version: None,
+            resize: ResizeMode::Pil,
+            precision,
+            accuracy_images: photos.iter().map(|photo| fixtures.join("images").join(photo)).collect(),
+            min_top1_agreement,
+        }
+    }
+
     /// An int8 export publishes its accuracy report, lists it in the manifest, and records its precision.
     #[test]
     fn int8_export_publishes_an_accuracy_report() -> TestResult {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
         let base = tempfile::tempdir()?;
-        let request = ExportRequest {
-            checkpoint: fixtures.join("models/tiny-vit"),
-            base: base.path().to_owned(),
-            version: None,
-            resize: ResizeMode::Pil,
-            precision: Precision::Int8,
-            accuracy_images: vec![fixtures.join("images/chelsea.jpg"), fixtures.join("images/rocket.jpg")],
-            min_top1_agreement: MIN_TOP1_AGREEMENT,
-        };
+        let photos = ["chelsea.jpg", "rocket.jpg"];
+        let request = tiny_vit(base.path(), Precision::Int8, &photos, MIN_TOP1_AGREEMENT);
         let report = export(&request, &runtime::NoProgress)?;
         let accuracy = report.accuracy.ok_or("no accuracy report")?;
         let names: Vec<&str> = accuracy.sets.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["synthetic", "given"]);
         assert_eq!(accuracy.sets[1].images, 2);
+        let gates: Vec<bool> = accuracy.sets.iter().map(|s| s.gates).collect();
+        assert_eq!(gates, [false, true], "the given images gate, the synthetic ones are only reported");
         for set in &accuracy.sets {
             assert!(set.top1_agreement >= MIN_TOP1_AGREEMENT, "{set:?}");
             assert!(set.max_confidence_delta < 0.05, "{set:?}");
@@ -556,6 +631,107 @@ mod tests {
         let written: AccuracyReport =
             serde_json::from_slice(&std::fs::read(report.version_dir.join(ACCURACY_FILE))?)?;
         assert_eq!(written, accuracy);
+        Ok(())
+    }
+
+    /// A bf16 export of the tiny ViT agrees with f32 on top-1 for every image, reloads with the
+    /// runtime, and its graph is about half the f32 one (weights stored as bf16).
+    #[test]
+    fn bf16_export_agrees_with_f32_and_halves_the_weights() -> TestResult {
+        let base = tempfile::tempdir()?;
+        let request = |precision| tiny_vit(base.path(), precision, &["chelsea.jpg", "rocket.jpg"], 1.0);
+        let f32_report = export(&request(Precision::F32), &runtime::NoProgress)?;
+        let report = export(&request(Precision::Bf16), &runtime::NoProgress)?;
+        let accuracy = report.accuracy.ok_or("no accuracy report")?;
+        assert_eq!(accuracy.precision, "bf16");
+        for set in &accuracy.sets {
+            assert_eq!(set.top1_agreement, 1.0, "{set:?}");
+            assert!(set.max_confidence_delta < 0.01, "{set:?}");
+        }
+        let model = Model::load(&report.version_dir)?;
+        assert_eq!(model.manifest().graph.precision, "bf16");
+        let size = |dir: &Path| std::fs::metadata(dir.join(GRAPH_FILE)).map(|m| m.len());
+        let (bf16, f32) = (size(&report.version_dir)?, size(&f32_report.version_dir)?);
+        assert!(bf16 < f32 * 7 / 10, "bf16 graph of {bf16} bytes against {f32} in f32");
+        Ok(())
+    }
+
+    /// Without given images the synthetic ones gate, and are then the only set.
+    #[test]
+    fn synthetic_images_gate_when_none_are_given() -> TestResult {
+        let base = tempfile::tempdir()?;
+        let request = tiny_vit(base.path(), Precision::Int8, &[], 0.0);
+        let accuracy = export(&request, &runtime::NoProgress)?.accuracy.ok_or("no accuracy report")?;
+        assert_eq!(accuracy.sets.len(), 1);
+        assert_eq!((accuracy.sets[0].name.as_str(), accuracy.sets[0].gates), ("synthetic", true));
+        assert_eq!(accuracy.sets[0].images, ACCURACY_SAMPLES);
+        Ok(())
+    }
+
+    fn set(name: &str, gates: bool, top1_agreement: f64) -> AccuracySet {
+        let (images, max_confidence_delta, min_disagreeing_margin) = (10, 0.01, None);
+        AccuracySet {
+            name: name.into(),
+            gates,
+            images,
+            top1_agreement,
+            max_confidence_delta,
+            min_disagreeing_margin,
+        }
+    }
+
+    fn report(sets: Vec<AccuracySet>) -> AccuracyReport {
+        let (precision, reference) = ("int8".to_owned(), "f32".to_owned());
+        AccuracyReport { precision, reference, min_top1_agreement: 0.95, sets }
+    }
+
+    /// Only the gating set can refuse publishing: given images that agree publish whatever the synthetic
+    /// ones do, given images below the bar refuse it, and alone the synthetic ones decide.
+    #[test]
+    fn only_the_gating_set_refuses_publishing() {
+        let synthetic_low = report(vec![set("synthetic", false, 0.5), set("given", true, 1.0)]);
+        assert_eq!(synthetic_low.failing_set(), None);
+        let given_low = report(vec![set("synthetic", false, 1.0), set("given", true, 0.9)]);
+        assert_eq!(given_low.failing_set().map(|s| s.name.as_str()), Some("given"));
+        let at_the_bar = report(vec![set("synthetic", false, 0.0), set("given", true, 0.95)]);
+        assert_eq!(at_the_bar.failing_set(), None);
+        let only_synthetic = report(vec![set("synthetic", true, 0.9)]);
+        assert_eq!(only_synthetic.failing_set().map(|s| s.name.as_str()), Some("synthetic"));
+        assert_eq!(report(vec![set("synthetic", true, 0.96)]).failing_set(), None);
+    }
+
+    /// An old accuracy.json without `gates` reads as every set having gated, as they did.
+    #[test]
+    fn reports_without_gates_read_as_every_set_gating() -> TestResult {
+        let old = r#"{"name": "given", "images": 2, "top1_agreement": 1.0, "max_confidence_delta": 0.01,
+            "min_disagreeing_margin": null}"#;
+        assert!(serde_json::from_str::<AccuracySet>(old)?.gates);
+        Ok(())
+    }
+
+    /// A directory given as an accuracy image stands for its image files (by extension, any case),
+    /// sorted; other files and subdirectories are skipped, and a directory without images is refused.
+    #[test]
+    fn accuracy_image_directories_expand_to_their_images() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        for name in ["b.PNG", "a.jpg", "notes.txt", "c.webp"] {
+            std::fs::write(dir.path().join(name), b"")?;
+        }
+        std::fs::create_dir(dir.path().join("d.jpg"))?;
+        let single = dir.path().join("notes.txt");
+        let files = image_files(&[single.clone(), dir.path().to_owned()])?;
+        let expected: Vec<PathBuf> =
+            ["notes.txt", "a.jpg", "b.PNG", "c.webp"].map(|n| dir.path().join(n)).into();
+        assert_eq!(files, expected);
+
+        let empty = dir.path().join("d.jpg");
+        let message = image_files(std::slice::from_ref(&empty))
+            .err()
+            .ok_or("an empty directory was accepted")?
+            .to_string();
+        assert!(message.contains(&empty.display().to_string()) && message.contains("no image"), "{message}");
+        let missing = dir.path().join("missing");
+        assert!(matches!(image_files(&[missing]), Err(ExportError::Io { .. })));
         Ok(())
     }
 }

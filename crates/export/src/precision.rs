@@ -11,6 +11,10 @@ pub enum Precision {
     /// activations per token at run time, both symmetric, accumulated in i32. Embeddings, attention
     /// scores, convolutions, normalization and the classifier stay f32.
     Int8,
+    /// The same linear layers take bf16 operands (f32's exponent, 8 mantissa bits): weights rounded at
+    /// export and stored in half f32's bytes, activations rounded per token at run time, products
+    /// accumulated in f32. Everything else stays f32.
+    Bf16,
 }
 
 impl Precision {
@@ -19,6 +23,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Int8 => "int8",
+            Precision::Bf16 => "bf16",
         }
     }
 }

@@ -46,16 +46,20 @@ pub struct ExportArgs {
     /// `tf.image.resize` bilinear; only for processors that resize to an exact size without cropping).
     #[arg(long, value_enum, default_value_t = Resize::Pil)]
     resize: Resize,
-    /// Arithmetic of the linear layers: `f32`, or `int8` (int8 weights and per-token int8 activations,
-    /// for architectures made of linear layers; published only if it agrees with f32 on top-1 for at
-    /// least --min-top1-agreement of the check images).
+    /// Arithmetic of the linear layers: `f32`, `int8` (int8 weights and per-token int8 activations) or
+    /// `bf16` (bf16 weights and activations, f32 sums: AVX512_BF16 kernels, else tract's f32 matmul);
+    /// the last two for architectures made of linear layers, published only if they agree with f32 on
+    /// top-1 for at least --min-top1-agreement of the --accuracy-image images, or of 32 synthetic ones
+    /// if none are given.
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     precision: PrecisionArg,
-    /// Image files to include in a lower-precision export's accuracy report, besides synthetic ones.
-    #[arg(long = "accuracy-image", value_name = "FILE")]
+    /// An image file, or a directory of them (.jpg .png .webp .gif .bmp .tif), like those the model will
+    /// serve: a lower-precision export is published only if it agrees with f32 on enough of them
+    /// (repeatable). The synthetic images are then reported but do not decide.
+    #[arg(long = "accuracy-image", value_name = "FILE|DIR")]
     accuracy_images: Vec<PathBuf>,
-    /// Percentage of each image set on which a lower-precision export must pick f32's top-1 class to be
-    /// published (recorded in accuracy.json).
+    /// Percentage of the gating images (the --accuracy-image ones, else the synthetic ones) on which a
+    /// lower-precision export must pick f32's top-1 class to be published (recorded in accuracy.json).
     #[arg(long, value_name = "PERCENT", default_value_t = 100.0 * MIN_TOP1_AGREEMENT, value_parser = percent)]
     min_top1_agreement: f64,
     /// Publish nothing, and name the existing version, when the newest version under --base already has
@@ -72,6 +76,7 @@ pub struct ExportArgs {
 enum PrecisionArg {
     F32,
     Int8,
+    Bf16,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,6 +101,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         precision: match args.precision {
             PrecisionArg::F32 => Precision::F32,
             PrecisionArg::Int8 => Precision::Int8,
+            PrecisionArg::Bf16 => Precision::Bf16,
         },
         accuracy_images: args.accuracy_images,
         min_top1_agreement: args.min_top1_agreement / 100.0,
@@ -151,11 +157,17 @@ fn print_summary(report: &ExportReport) {
         Some(accuracy) => {
             for set in &accuracy.sets {
                 eprintln!(
-                    "accuracy vs f32, {} {} images: top-1 agreement {:.1} %, max |confidence difference| {:.2e}",
+                    "accuracy vs f32, {} {} images: top-1 agreement {:.1} %, max |confidence difference| \
+                     {:.2e}{}",
                     set.images,
                     set.name,
                     100.0 * set.top1_agreement,
-                    set.max_confidence_delta
+                    set.max_confidence_delta,
+                    if set.gates {
+                        format!(" (gates publishing: at least {:.1} %)", 100.0 * accuracy.min_top1_agreement)
+                    } else {
+                        " (reported only)".to_owned()
+                    }
                 );
             }
         }

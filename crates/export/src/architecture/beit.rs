@@ -73,7 +73,7 @@ impl BeitConfig {
 impl NativeConfig for BeitConfig {
     type Checked = Activation;
 
-    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8];
+    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8, Precision::Bf16];
 
     fn validate(&self, input: InputSize) -> Result<Activation, String> {
         Dimensions {

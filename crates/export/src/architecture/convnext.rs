@@ -115,7 +115,7 @@ impl<const V2: bool> ConvNextConfig<V2> {
 impl<const V2: bool> NativeConfig for ConvNextConfig<V2> {
     type Checked = Activation;
 
-    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8];
+    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8, Precision::Bf16];
 
     fn validate(&self, input: InputSize) -> Result<Activation, String> {
         if self.num_channels != 3 {

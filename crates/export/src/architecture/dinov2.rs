@@ -65,7 +65,7 @@ impl Dinov2Config {
 impl NativeConfig for Dinov2Config {
     type Checked = FeedForward;
 
-    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8];
+    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8, Precision::Bf16];
 
     fn validate(&self, input: InputSize) -> Result<FeedForward, String> {
         Dimensions {

@@ -124,7 +124,7 @@ impl VitConfig {
 impl NativeConfig for VitConfig {
     type Checked = Activation;
 
-    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8];
+    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8, Precision::Bf16];
 
     /// `input` must be `image_size` square: ViT and DeiT do not interpolate positions in transformers'
     /// pipeline.

@@ -187,7 +187,7 @@ fn geometry(config: &SwinConfig, input: InputSize) -> Result<Geometry, String> {
 impl NativeConfig for SwinConfig {
     type Checked = Plan;
 
-    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8];
+    const PRECISIONS: &'static [Precision] = &[Precision::F32, Precision::Int8, Precision::Bf16];
 
     /// Lays the stages out for `input`.
     fn validate(&self, input: InputSize) -> Result<Plan, String> {

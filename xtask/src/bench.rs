@@ -1,14 +1,17 @@
-//! `cargo xtask bench`: kiln against ONNX Runtime and PyTorch on the full-size ViT-B/16, in one run.
+//! `cargo xtask bench`: kiln against ONNX Runtime, OpenVINO and PyTorch on the full-size ViT-B/16, in
+//! one run, plus `kiln serve` under 1 and 8 concurrent REST clients against the same model in process.
 //!
 //! The machine's speed drifts by about 20 % over tens of seconds, so numbers from different runs do not
 //! compare. This task therefore keeps every engine loaded at once, in two long-lived processes (the
 //! release-built `xtask bench-worker` for kiln, `xtask/bench/engines.py` for the Python engines), and
 //! alternates them round by round, rotating the order, so drift hits all engines alike. Only one engine
-//! runs at any moment. Results go to `target/bench/results.{md,json}`; the markdown is also printed.
+//! runs at any moment (an idle `kiln serve` waits for its clients). Results go to
+//! `target/bench/results.{md,json}`; the markdown is also printed.
 
 mod worker;
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -23,6 +26,7 @@ pub use worker::{WorkerArgs, run as run_worker};
 
 use crate::venv::{Pins, prepare_venv};
 use crate::{kiln_export, workspace_root};
+use kiln_e2e::KilnServer;
 
 /// Fixture images the end-to-end and preprocessing engines cycle through: JPEGs of several sizes and
 /// subsamplings, as a serving workload would send.
@@ -66,11 +70,22 @@ struct Engine {
 
 const KILN: Engine = Engine { name: "kiln", python: false, label: "kiln fp32" };
 const KILN_INT8: Engine = Engine { name: "kiln-int8", python: false, label: "kiln int8" };
+const KILN_BF16: Engine = Engine { name: "kiln-bf16", python: false, label: "kiln bf16" };
 const ORT: Engine = Engine { name: "ort", python: true, label: "ONNX Runtime fp32" };
 const ORT_INT8: Engine = Engine { name: "ort-int8", python: true, label: "ONNX Runtime int8 (dynamic)" };
+const OV: Engine = Engine { name: "openvino", python: true, label: "OpenVINO fp32 (precision hint f32)" };
+const OV_DEFAULT: Engine =
+    Engine { name: "openvino-default", python: true, label: "OpenVINO default precision" };
+const OV_INT8: Engine =
+    Engine { name: "openvino-int8", python: true, label: "OpenVINO int8 (NNCF, 16 samples)" };
 const TORCH: Engine = Engine { name: "torch", python: true, label: "PyTorch eager fp32" };
 const KILN_E2E: Engine =
     Engine { name: "kiln-e2e", python: false, label: "kiln predict (base64 JPEG -> label)" };
+const KILN_SERVE: Engine = Engine {
+    name: "kiln-serve",
+    python: false,
+    label: "kiln serve fp32, REST (batch = concurrent clients, 1 JPEG each)",
+};
 const PYTHON_E2E: Engine =
     Engine { name: "python-e2e", python: true, label: "PIL + ViTImageProcessor + ORT fp32" };
 const KILN_PREP: Engine =
@@ -80,6 +95,16 @@ const PYTHON_PREP: Engine = Engine {
     python: true,
     label: "PIL + ViTImageProcessor (decode + resize + normalize)",
 };
+
+/// kiln's model-only engines and the precision of the artifact each loads.
+const KILN_ENGINES: [(Engine, &str); 3] = [(KILN, "f32"), (KILN_INT8, "int8"), (KILN_BF16, "bf16")];
+
+/// The model-only peers kiln is compared with, in table order.
+const PEERS: [Engine; 6] = [ORT, ORT_INT8, OV, OV_DEFAULT, OV_INT8, TORCH];
+
+/// kiln against the peer of the same precision: (kiln, peer), the goal's pairs.
+const SAME_PRECISION: [(Engine, Engine); 5] =
+    [(KILN, ORT), (KILN, OV), (KILN_INT8, ORT_INT8), (KILN_INT8, OV_INT8), (KILN_BF16, OV_DEFAULT)];
 
 /// How many rounds, and calls per engine per round, each measurement gets.
 struct Plan {
@@ -123,8 +148,9 @@ pub fn run(args: &Args) -> Result<()> {
         fs::remove_dir_all(&artifacts).with_context(|| format!("removing {}", artifacts.display()))?;
     }
     let mut exports = BTreeMap::new();
+    let mut skipped = BTreeMap::new();
     let mut artifact_args = vec![];
-    for precision in ["f32", "int8"] {
+    for (_, precision) in KILN_ENGINES {
         step(&format!("exporting the {precision} artifact"));
         let base = artifacts.join(precision);
         let started = Instant::now();
@@ -132,6 +158,7 @@ pub fn run(args: &Args) -> Result<()> {
             Ok(dir) => dir,
             Err(error) if precision != "f32" => {
                 eprintln!("bench: {error:#}; measuring without {precision}");
+                skipped.insert(precision, format!("{error:#}"));
                 continue;
             }
             Err(error) => return Err(error),
@@ -148,20 +175,29 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     let onnx = checkpoint.join("model.onnx");
-    let onnx_int8 = out.join("model.int8.onnx");
-    if !onnx_int8.is_file() || modified(&onnx_int8)? < modified(&onnx)? {
-        step("quantizing the ONNX model with onnxruntime's quantize_dynamic");
-        let status = Command::new(&python)
-            .arg(root.join("xtask/bench/engines.py"))
-            .arg("quantize")
-            .arg(&onnx)
-            .arg(&onnx_int8)
-            .status()
-            .context("starting the quantizer")?;
-        ensure!(status.success(), "quantize_dynamic failed");
-    }
-
     let images: Vec<PathBuf> = IMAGES.iter().map(|i| root.join("fixtures/images").join(i)).collect();
+    let onnx_int8 = out.join("model.int8.onnx");
+    let quantize = Quantizer { python: &python, script: root.join("xtask/bench/engines.py"), source: &onnx };
+    quantize.unless_current("onnxruntime's quantize_dynamic", "quantize", &onnx_int8, &[])?;
+    let openvino_int8 = out.join("model.nncf-int8.xml");
+    let mut calibration = vec!["--checkpoint".into(), checkpoint.clone().into_os_string(), "--images".into()];
+    calibration.extend(images.iter().map(|i| i.clone().into_os_string()));
+    quantize.unless_current(
+        "NNCF post-training quantization",
+        "quantize-nncf",
+        &openvino_int8,
+        &calibration,
+    )?;
+
+    step("starting kiln serve on the f32 artifact (batching on)");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let server = runtime.block_on(KilnServer::start(
+        &kiln,
+        SERVED_MODEL,
+        &artifacts.join("f32"),
+        &["--enable_batching", "--file_system_poll_wait_seconds=0"],
+    ))?;
+
     let setup = Setup {
         root: root.clone(),
         python,
@@ -170,12 +206,17 @@ pub fn run(args: &Args) -> Result<()> {
         checkpoint,
         onnx,
         onnx_int8,
+        openvino_int8,
         images,
         threads: args.threads,
+        server: format!("{}/v1/models/{SERVED_MODEL}:predict", server.rest_url()),
     };
-    let has_int8 = exports.contains_key("int8");
-    let model_engines: Vec<Engine> =
-        if has_int8 { vec![KILN, KILN_INT8, ORT, ORT_INT8, TORCH] } else { vec![KILN, ORT, ORT_INT8, TORCH] };
+    let model_engines: Vec<Engine> = KILN_ENGINES
+        .iter()
+        .filter(|(_, precision)| exports.contains_key(precision))
+        .map(|&(engine, _)| engine)
+        .chain(PEERS)
+        .collect();
 
     step("cold loads, each in a fresh process");
     let mut cold = BTreeMap::new();
@@ -192,13 +233,16 @@ pub fn run(args: &Args) -> Result<()> {
     let mut kiln_worker = setup.worker(false)?;
     let mut python_worker = setup.worker(true)?;
     let mut loads = BTreeMap::new();
-    let all: Vec<Engine> =
-        model_engines.iter().copied().chain([KILN_E2E, PYTHON_E2E, KILN_PREP, PYTHON_PREP]).collect();
+    let all: Vec<Engine> = model_engines
+        .iter()
+        .copied()
+        .chain([KILN_E2E, KILN_SERVE, PYTHON_E2E, KILN_PREP, PYTHON_PREP])
+        .collect();
     for engine in &all {
         step(&format!("loading {}", engine.label));
         let worker = if engine.python { &mut python_worker } else { &mut kiln_worker };
         let answer = worker.call(&json!({"op": "load", "engine": engine.name}))?;
-        loads.insert(engine.name, answer["seconds"].clone());
+        loads.insert(engine.name, answer);
     }
 
     let mut workers = [kiln_worker, python_worker];
@@ -207,20 +251,25 @@ pub fn run(args: &Args) -> Result<()> {
         step(&format!("model only, batch {batch}: {} rounds", plan.rounds));
         results.extend(measure(&mut workers, &model_engines, batch, plan.rounds, (plan.calls)(batch))?);
     }
-    step("end to end, batch 8");
-    results.extend(measure(&mut workers, &[KILN_E2E, PYTHON_E2E], 8, plan.rounds, 1)?);
+    for batch in [1, 8] {
+        step(&format!("end to end, batch {batch} (kiln serve: {batch} concurrent clients)"));
+        let pipelines = [KILN_E2E, KILN_SERVE, PYTHON_E2E];
+        results.extend(measure(&mut workers, &pipelines, batch, plan.rounds, (plan.calls)(batch))?);
+    }
     step("preprocessing alone");
     results.extend(measure(&mut workers, &[KILN_PREP, PYTHON_PREP], 1, plan.rounds, 8)?);
     for worker in &mut workers {
         worker.call(&json!({"op": "quit"}))?;
     }
+    runtime.block_on(server.stop())?;
 
-    let mut markdown = report(&results, &cold, args);
+    let mut markdown = report(&results, &cold, &loads, &skipped, args);
     accuracy_table(&mut markdown, &exports);
     let document = json!({
         "quick": args.quick,
         "threads": args.threads,
         "exports": exports,
+        "skipped": skipped,
         "cold": cold,
         "loads": loads,
         "results": results.iter().map(Measurement::to_json).collect::<Vec<_>>(),
@@ -243,6 +292,36 @@ fn modified(path: &Path) -> Result<std::time::SystemTime> {
     fs::metadata(path).and_then(|m| m.modified()).with_context(|| format!("reading {}", path.display()))
 }
 
+/// The model name the bench's `kiln serve` serves the f32 artifact under.
+const SERVED_MODEL: &str = "vit";
+
+/// Runs one of engines.py's quantize modes on the ONNX checkpoint; its output is kept between runs.
+struct Quantizer<'a> {
+    python: &'a Path,
+    script: PathBuf,
+    source: &'a Path,
+}
+
+impl Quantizer<'_> {
+    /// Writes `destination` with `mode` unless it is newer than the source model.
+    fn unless_current(&self, what: &str, mode: &str, destination: &Path, extra: &[OsString]) -> Result<()> {
+        if destination.is_file() && modified(destination)? >= modified(self.source)? {
+            return Ok(());
+        }
+        step(&format!("quantizing the ONNX model with {what}"));
+        let status = Command::new(self.python)
+            .arg(&self.script)
+            .arg(mode)
+            .arg(self.source)
+            .arg(destination)
+            .args(extra)
+            .status()
+            .with_context(|| format!("starting {what}"))?;
+        ensure!(status.success(), "{what} failed");
+        Ok(())
+    }
+}
+
 /// Everything the worker processes are started with.
 struct Setup {
     root: PathBuf,
@@ -252,8 +331,11 @@ struct Setup {
     checkpoint: PathBuf,
     onnx: PathBuf,
     onnx_int8: PathBuf,
+    openvino_int8: PathBuf,
     images: Vec<PathBuf>,
     threads: usize,
+    /// REST predict URL of the bench's `kiln serve`.
+    server: String,
 }
 
 impl Setup {
@@ -273,6 +355,7 @@ impl Setup {
         command.arg("--threads").arg(self.threads.to_string());
         if python {
             command.arg("--onnx").arg(&self.onnx).arg("--onnx-int8").arg(&self.onnx_int8);
+            command.arg("--openvino-int8").arg(&self.openvino_int8);
             command.arg("--checkpoint").arg(&self.checkpoint).arg("--images").args(&self.images);
         } else {
             for artifact in &self.artifacts {
@@ -281,6 +364,7 @@ impl Setup {
             for image in &self.images {
                 command.arg("--image").arg(image);
             }
+            command.arg("--server").arg(&self.server);
         }
     }
 
@@ -428,12 +512,24 @@ fn measure(
     Ok(measurements)
 }
 
-fn report(results: &[Measurement], cold: &BTreeMap<&str, Value>, args: &Args) -> String {
+fn report(
+    results: &[Measurement],
+    cold: &BTreeMap<&str, Value>,
+    loads: &BTreeMap<&str, Value>,
+    skipped: &BTreeMap<&str, String>,
+    args: &Args,
+) -> String {
     let find = |name: &str, batch: usize| results.iter().find(|m| m.engine.name == name && m.batch == batch);
+    let ratio =
+        |ours: Engine, theirs: Engine, batch: usize| match (find(ours.name, batch), find(theirs.name, batch))
+        {
+            (Some(o), Some(t)) => Some(o.throughput() / t.throughput()),
+            _ => None,
+        };
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# kiln vs ONNX Runtime vs PyTorch: ViT-B/16 at 224, {} threads{}\n",
+        "# kiln vs ONNX Runtime, OpenVINO and PyTorch: ViT-B/16 at 224, {} threads{}\n",
         args.threads,
         if args.quick { " (--quick)" } else { "" }
     );
@@ -441,50 +537,83 @@ fn report(results: &[Measurement], cold: &BTreeMap<&str, Value>, args: &Args) ->
         md,
         "Engines alternate round by round in one run; ratios are images/s over images/s in the same run.\n"
     );
-    let _ = writeln!(md, "## Model only\n");
-    let _ = writeln!(md, "| batch | engine | median ms | p90 ms | images/s | vs ORT fp32 | vs ORT int8 |");
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|");
+    for engine in [OV, OV_DEFAULT, OV_INT8] {
+        let properties = loads.get(engine.name).map_or(&Value::Null, |load| &load["properties"]);
+        let property = |key: &str| properties[key].as_str().unwrap_or("?").to_owned();
+        let _ = writeln!(
+            md,
+            "- {} ({}): INFERENCE_PRECISION_HINT={}, INFERENCE_NUM_THREADS={}, NUM_STREAMS={}, \
+             ENABLE_CPU_PINNING={}",
+            engine.label,
+            property("version"),
+            property("INFERENCE_PRECISION_HINT"),
+            property("INFERENCE_NUM_THREADS"),
+            property("NUM_STREAMS"),
+            property("ENABLE_CPU_PINNING")
+        );
+    }
     let mut batches: Vec<usize> =
         results.iter().filter(|m| !is_pipeline(m.engine)).map(|m| m.batch).collect();
     batches.dedup();
-    for batch in batches {
-        for m in results.iter().filter(|m| m.batch == batch && !is_pipeline(m.engine)) {
-            let ratio = |other: &str| {
-                find(other, batch)
-                    .map_or("-".to_owned(), |o| format!("{:.2}x", m.throughput() / o.throughput()))
-            };
-            let _ = writeln!(md, "{} {} | {} |", m.row(), ratio(ORT.name), ratio(ORT_INT8.name));
+
+    let _ = writeln!(md, "\n## kiln against the engine of the same precision (images/s over images/s)\n");
+    let columns: Vec<String> = batches.iter().map(|b| format!("batch {b}")).collect();
+    let _ = writeln!(md, "| kiln | against | {} |", columns.join(" | "));
+    let _ = writeln!(md, "|---|---|{}", "---:|".repeat(batches.len()));
+    let pairs = SAME_PRECISION.into_iter().chain([(KILN_SERVE, OV), (KILN_SERVE, KILN_E2E)]);
+    for (ours, theirs) in pairs {
+        let cells: Vec<String> = batches
+            .iter()
+            .map(|&batch| ratio(ours, theirs, batch).map_or("-".to_owned(), |r| format!("{r:.2}x")))
+            .collect();
+        if cells.iter().any(|c| c != "-") {
+            let _ = writeln!(md, "| {} | {} | {} |", ours.label, theirs.label, cells.join(" | "));
         }
+    }
+    for (engine, precision) in KILN_ENGINES {
+        if let Some(error) = skipped.get(precision) {
+            let _ = writeln!(
+                md,
+                "\n{} not measured: `kiln export --precision {precision}` failed ({error}; its message is in \
+                 the bench's log).",
+                engine.label
+            );
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nkiln serve rows: batch = concurrent REST clients, each sending one base64 JPEG per call; the \
+         issue's end-to-end goal is >= 0.9x OpenVINO fp32 model-only."
+    );
+
+    let _ = writeln!(md, "\n## Model only\n");
+    let _ = writeln!(md, "| batch | engine | median ms | p90 ms | images/s | vs ORT fp32 | vs ORT int8 |");
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|");
+    for m in results.iter().filter(|m| !is_pipeline(m.engine)) {
+        let cell =
+            |theirs: Engine| ratio(m.engine, theirs, m.batch).map_or("-".to_owned(), |r| format!("{r:.2}x"));
+        let _ = writeln!(md, "{} {} | {} |", m.row(), cell(ORT), cell(ORT_INT8));
     }
     let _ = writeln!(md, "\n## End to end and preprocessing (per call of the batch shown)\n");
     let _ = writeln!(md, "| batch | pipeline | median ms | p90 ms | images/s | ratio |");
     let _ = writeln!(md, "|---:|---|---:|---:|---:|---|");
-    let pairs = [(KILN_E2E, PYTHON_E2E, 8), (KILN_PREP, PYTHON_PREP, 1)];
-    for (ours, theirs, batch) in pairs {
-        for m in [find(ours.name, batch), find(theirs.name, batch)].into_iter().flatten() {
-            let ratio = if m.engine.name == ours.name {
-                let mut text = String::new();
-                if let Some(t) = find(theirs.name, batch) {
-                    let _ = write!(text, "{:.2}x the Python pipeline", m.throughput() / t.throughput());
-                }
-                if let (true, Some(o)) = (ours.name == KILN_E2E.name, find(ORT.name, 8)) {
-                    let _ = write!(
-                        text,
-                        "; {:.2}x ORT fp32 model-only at batch 8",
-                        m.throughput() / o.throughput()
-                    );
-                }
-                text
-            } else {
-                String::new()
-            };
-            let _ = writeln!(md, "{} {ratio} |", m.row());
-        }
+    let peers: [(Engine, &[(Engine, &str)]); 3] = [
+        (KILN_E2E, &[(PYTHON_E2E, "the Python pipeline"), (OV, "OpenVINO fp32 model-only")]),
+        (KILN_SERVE, &[(KILN_E2E, "in-process predict"), (OV, "OpenVINO fp32 model-only")]),
+        (KILN_PREP, &[(PYTHON_PREP, "the Python pipeline")]),
+    ];
+    for m in results.iter().filter(|m| is_pipeline(m.engine)) {
+        let against = peers.iter().find(|(ours, _)| ours.name == m.engine.name).map_or(&[][..], |p| p.1);
+        let text: Vec<String> = against
+            .iter()
+            .filter_map(|&(theirs, what)| ratio(m.engine, theirs, m.batch).map(|r| format!("{r:.2}x {what}")))
+            .collect();
+        let _ = writeln!(md, "{} {} |", m.row(), text.join("; "));
     }
     let _ = writeln!(md, "\n## Cold start (fresh process: load, then the first batch-1 inference)\n");
     let _ = writeln!(md, "| engine | load s | first inference s | peak RSS MiB |");
     let _ = writeln!(md, "|---|---:|---:|---:|");
-    for engine in [KILN, KILN_INT8, ORT, ORT_INT8, TORCH] {
+    for engine in KILN_ENGINES.map(|(engine, _)| engine).into_iter().chain(PEERS) {
         if let Some(c) = cold.get(engine.name) {
             let number = |key: &str| c[key].as_f64().unwrap_or(f64::NAN);
             let _ = writeln!(
@@ -501,7 +630,7 @@ fn report(results: &[Measurement], cold: &BTreeMap<&str, Value>, args: &Args) ->
 }
 
 /// `--min-top1-agreement` of the bench's lower-precision exports (percent).
-const BENCH_MIN_TOP1_AGREEMENT: &str = "90";
+const BENCH_MIN_TOP1_AGREEMENT: &str = "80";
 
 /// `kiln export` arguments for `precision`: lower precisions also report their accuracy on [`IMAGES`].
 fn precision_args(root: &Path, precision: &str) -> Vec<String> {
@@ -509,8 +638,9 @@ fn precision_args(root: &Path, precision: &str) -> Vec<String> {
         return vec![];
     }
     // The bench checkpoint has random weights: every class near 1/1000, so its top-1 margins are near ties
-    // (1.6e-4) that int8's noise flips on 1 or 2 of the 32 synthetic images. The flips are reported in the
-    // accuracy table; the bar is lowered so the speed of int8 is measured at all.
+    // (1.6e-4) that int8's noise flips on 1 or 2 of the 32 synthetic images, bf16's on 1 of the 8 photos
+    // (4.3e-6). The flips are reported in the accuracy table; the bar is lowered so the speed of the lower
+    // precisions is measured at all.
     let mut args = vec![
         "--precision".to_owned(),
         precision.to_owned(),
@@ -557,5 +687,5 @@ fn accuracy_table(md: &mut String, exports: &BTreeMap<&str, Value>) {
 }
 
 fn is_pipeline(engine: Engine) -> bool {
-    [KILN_E2E.name, PYTHON_E2E.name, KILN_PREP.name, PYTHON_PREP.name].contains(&engine.name)
+    [KILN_E2E.name, KILN_SERVE.name, PYTHON_E2E.name, KILN_PREP.name, PYTHON_PREP.name].contains(&engine.name)
 }

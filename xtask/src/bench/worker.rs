@@ -2,9 +2,9 @@
 //! the runtime is measured as users get it.
 //!
 //! It speaks the same line protocol as `xtask/bench/engines.py`: one JSON command per line on stdin, one
-//! JSON reply per line on stdout. Engines: `kiln` and `kiln-int8` (model only, prepared fixture images),
-//! `kiln-e2e` (base64 JPEG strings -> labels through [`Model::predict`]) and `kiln-prep` (one image's
-//! decode + resize).
+//! JSON reply per line on stdout. Engines: `kiln`, `kiln-int8` and `kiln-bf16` (model only, prepared
+//! fixture images), `kiln-e2e` (base64 JPEG strings -> labels through [`Model::predict`]), `kiln-prep`
+//! (one image's decode + resize) and `kiln-serve` (concurrent REST clients of a running `kiln serve`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -31,10 +31,37 @@ pub struct WorkerArgs {
     /// Threads each matrix multiplication may use.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// REST predict URL of the running `kiln serve` the `kiln-serve` engine sends to.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
 }
 
-/// One loaded kiln engine and the inputs it cycles through.
-struct Engine {
+/// One loaded engine of this worker.
+enum Engine {
+    /// Boxed: a loaded model is several times the size of the REST clients.
+    InProcess(Box<InProcess>),
+    Served(Clients),
+}
+
+impl Engine {
+    fn load(name: &str, args: &WorkerArgs) -> Result<Engine> {
+        if name == "kiln-serve" {
+            return Clients::connect(args).map(Engine::Served);
+        }
+        InProcess::load(name, args).map(|engine| Engine::InProcess(Box::new(engine)))
+    }
+
+    /// One call on `batch` inputs; returns its seconds.
+    fn run(&mut self, batch: usize) -> Result<f64> {
+        match self {
+            Engine::InProcess(engine) => engine.run(batch),
+            Engine::Served(clients) => clients.run(batch),
+        }
+    }
+}
+
+/// One loaded kiln model and the inputs it cycles through.
+struct InProcess {
     model: Model,
     kind: Kind,
     strings: Vec<Vec<u8>>,
@@ -49,11 +76,12 @@ enum Kind {
     Preprocess,
 }
 
-impl Engine {
-    fn load(name: &str, args: &WorkerArgs) -> Result<Engine> {
+impl InProcess {
+    fn load(name: &str, args: &WorkerArgs) -> Result<InProcess> {
         let (precision, kind) = match name {
             "kiln" => ("f32", Kind::ModelOnly),
             "kiln-int8" => ("int8", Kind::ModelOnly),
+            "kiln-bf16" => ("bf16", Kind::ModelOnly),
             "kiln-e2e" => ("f32", Kind::EndToEnd),
             "kiln-prep" => ("f32", Kind::Preprocess),
             other => bail!("unknown engine {other:?}"),
@@ -61,11 +89,7 @@ impl Engine {
         let dir = artifact_dir(&args.artifacts, precision)?;
         let options = RuntimeOptions { threads: args.threads, max_batch: 64, ..RuntimeOptions::default() };
         let model = Model::load_with(&dir, options).with_context(|| format!("loading {}", dir.display()))?;
-        let mut strings = Vec::with_capacity(args.images.len());
-        for path in &args.images {
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            strings.push(base64::engine::general_purpose::STANDARD.encode(bytes).into_bytes());
-        }
+        let strings: Vec<Vec<u8>> = encoded(&args.images)?.into_iter().map(String::into_bytes).collect();
         let prepared = strings
             .iter()
             .map(|s| model.prepare(s))
@@ -74,7 +98,7 @@ impl Engine {
         if prepared.is_empty() {
             bail!("the kiln engines need at least one --image");
         }
-        Ok(Engine { model, kind, strings, prepared, next: 0 })
+        Ok(InProcess { model, kind, strings, prepared, next: 0 })
     }
 
     /// One call on `batch` inputs; returns its seconds. Model-only calls exclude gathering the inputs.
@@ -105,6 +129,68 @@ impl Engine {
         }
         Ok(started.elapsed().as_secs_f64())
     }
+}
+
+/// `batch` concurrent REST clients of a running `kiln serve`, each sending one base64 JPEG per call, as
+/// TF Serving's `{"instances": [{"b64": ...}]}`; a call lasts until the last answer is in.
+struct Clients {
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
+    url: String,
+    bodies: Vec<Vec<u8>>,
+    next: usize,
+}
+
+impl Clients {
+    fn connect(args: &WorkerArgs) -> Result<Clients> {
+        let url = args.server.clone().context("kiln-serve needs --server URL")?;
+        let bodies = encoded(&args.images)?
+            .into_iter()
+            .map(|b64| serde_json::to_vec(&json!({"instances": [{"b64": b64}]})))
+            .collect::<Result<Vec<_>, _>>()?;
+        if bodies.is_empty() {
+            bail!("kiln-serve needs at least one --image");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(Clients { runtime, http: reqwest::Client::new(), url, bodies, next: 0 })
+    }
+
+    fn run(&mut self, clients: usize) -> Result<f64> {
+        let picked: Vec<Vec<u8>> =
+            (0..clients).map(|i| self.bodies[(self.next + i) % self.bodies.len()].clone()).collect();
+        self.next += clients;
+        let started = Instant::now();
+        self.runtime.block_on(async {
+            let mut requests = tokio::task::JoinSet::new();
+            for body in picked {
+                let request =
+                    self.http.post(&self.url).header("content-type", "application/json").body(body).send();
+                requests.spawn(async move {
+                    let response = request.await?;
+                    let status = response.status();
+                    let text = response.text().await?;
+                    anyhow::ensure!(status.is_success(), "kiln serve answered {status}: {text}");
+                    Ok(())
+                });
+            }
+            while let Some(outcome) = requests.join_next().await {
+                outcome??;
+            }
+            Ok::<_, anyhow::Error>(())
+        })?;
+        Ok(started.elapsed().as_secs_f64())
+    }
+}
+
+/// The files as the base64 strings a client sends.
+fn encoded(images: &[PathBuf]) -> Result<Vec<String>> {
+    images
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+        })
+        .collect()
 }
 
 fn artifact_dir(artifacts: &[String], precision: &str) -> Result<PathBuf> {

@@ -134,10 +134,10 @@ async fn a_burst_of_expired_requests_does_not_delay_the_next_good_one() -> TestR
     let after_burst = started.elapsed();
     eprintln!("one request alone: {single:?}; right after {BURST} expired requests: {after_burst:?}");
     // At worst the good request waits for the one burst request the batch thread had already taken (it
-    // is dropped after decoding, before the graph), then runs: about two runs. Running the burst would
-    // take fifty.
+    // is dropped after decoding, before the graph), then runs: about two runs. Decoding or running the
+    // burst would take about fifty; the bound sits far from both, as a loaded CI machine measured 3.7.
     assert!(
-        after_burst < single * 3,
+        after_burst < single * 15,
         "the good request took {after_burst:?} after the burst, {single:?} alone"
     );
     // Most of the burst expires before its handler runs (answered by the deadline layer), the rest in

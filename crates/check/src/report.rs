@@ -81,11 +81,19 @@ pub fn baseline_html(
             ("same-label images", report.same_label.to_string()),
             (
                 "max |delta confidence|",
-                format!("{:.2e} (--max-delta {})", report.max_delta, limit(t.max_delta)),
+                delta_fact(
+                    report.max_delta,
+                    report.same_label,
+                    format!("--max-delta {}", limit(t.max_delta)),
+                ),
             ),
             (
                 "mean |delta confidence|",
-                format!("{:.2e} (--max-mean-delta {})", report.mean_delta, limit(t.max_mean_delta)),
+                delta_fact(
+                    report.mean_delta,
+                    report.same_label,
+                    format!("--max-mean-delta {}", limit(t.max_mean_delta)),
+                ),
             ),
         ],
         violations: report.violations.clone(),
@@ -98,6 +106,16 @@ pub fn baseline_html(
         models,
     };
     page.render()
+}
+
+/// A max or mean |delta confidence| with its threshold: a number only when some image kept its label,
+/// since with none the report's 0 would read as a perfect match.
+fn delta_fact(value: f32, same_label: usize, threshold: String) -> String {
+    if same_label == 0 {
+        format!("n/a: no image keeps its label ({threshold})")
+    } else {
+        format!("{value:.2e} ({threshold})")
+    }
 }
 
 /// The HTML page of a golden check: the recorded answers against the answers now
@@ -114,7 +132,8 @@ pub fn golden_html(report: &GoldenReport, golden: &GoldenFile, model: &Model) ->
             old: &golden.entries[*index].expected,
             new: actual,
         })
-        .collect();
+        .collect::<Vec<Pair>>();
+    let same_label = pairs.iter().filter(|p| p.delta().is_some()).count();
     let mut violations: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
     violations.truncate(REPORT_WORST_IMAGES);
     let page = Page {
@@ -129,7 +148,7 @@ pub fn golden_html(report: &GoldenReport, golden: &GoldenFile, model: &Model) ->
             ("findings", report.findings.len().to_string()),
             (
                 "max |delta confidence|",
-                format!("{:.2e} (--tolerance {})", report.max_delta, report.tolerance),
+                delta_fact(report.max_delta, same_label, format!("--tolerance {}", report.tolerance)),
             ),
         ],
         violations,
@@ -534,5 +553,7 @@ mod tests {
         assert_eq!(html.matches("<div class=\"card\">").count(), REPORT_WORST_IMAGES);
         assert!(html.contains(&format!("the worst {REPORT_WORST_IMAGES} shown, 7 more not shown")), "{html}");
         assert!(!html.contains("<svg") && html.contains("no confidence to compare"), "all flipped: {html}");
+        assert!(html.contains("n/a: no image keeps its label (--max-delta no limit)"), "{html}");
+        assert!(!html.contains("0.00e0"), "no delta may read as a perfect match: {html}");
     }
 }

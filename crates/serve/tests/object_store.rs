@@ -1,7 +1,7 @@
 //! Models served from object storage, against a real S3 server on loopback (s3s-fs, SigV4 checked):
 //! a version becomes AVAILABLE and answers like the runtime, a later upload is picked up, a corrupt or
-//! half-downloaded version is never served while the old one keeps serving, and a store that fails
-//! leaves the serving version up, reported and counted.
+//! half-downloaded version is never served while the old one keeps serving, a version still uploading
+//! waits unlisted, and a store that fails leaves the serving version up, reported and counted.
 
 #[path = "support/s3.rs"]
 mod s3;
@@ -111,8 +111,7 @@ async fn serves_from_s3_picks_up_a_new_upload_and_never_serves_a_corrupt_one() -
     let corrupt = publish_copy(&dir, scratch.path(), 2)?;
     std::fs::write(corrupt.join("graph.nnef.tar"), &graph)?;
     s3.upload_dir(&corrupt, "vit/2").await?;
-    // A poll during the upload may see version 2 half uploaded (S3 has no atomic publish) and fail it as
-    // incomplete; the next listing after the upload retries it and finds the corruption.
+    // Listed once whole (S3 has no atomic publish), version 2 is downloaded and fails as corrupt.
     let status = wait_for_status(&server, 2, "failed as corrupt", |s| {
         s.state == VersionState::End && s.error_code == tonic::Code::DataLoss
     })
@@ -138,6 +137,37 @@ async fn serves_from_s3_picks_up_a_new_upload_and_never_serves_a_corrupt_one() -
 
     server.server.shutdown().await;
     assert!(cached(cache.path())?.is_empty(), "the cache keeps only serving versions");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_still_uploading_is_not_listed_until_its_manifest_files_are_all_there() -> TestResult {
+    let (scratch, dir) = exported()?;
+    let cat = image("chelsea.jpg")?;
+    let s3 = S3Server::start("models").await?;
+    s3.upload_dir(&dir, "vit/1").await?;
+    let cache = tempfile::tempdir()?;
+    let server = serve_from(&s3, cache.path()).await?;
+    server.wait_for("vit", 1, VersionState::Available).await?;
+
+    // Version 2 arrives without its graph, as an upload interrupted before its largest object would.
+    let partial = publish_copy(&dir, scratch.path(), 2)?;
+    let rest = scratch.path().join("rest");
+    std::fs::create_dir(&rest)?;
+    std::fs::rename(partial.join("graph.nnef.tar"), rest.join("graph.nnef.tar"))?;
+    s3.upload_dir(&partial, "vit/2").await?;
+    // Twenty polls: before this was checked, the first one failed it as END / NOT_FOUND.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let statuses = server.server.model_status("vit");
+    assert!(statuses.iter().all(|s| s.version == 1), "an incomplete upload got a status: {statuses:?}");
+    assert_eq!(cached(cache.path())?, ["1"], "nothing of version 2 is downloaded");
+    assert_eq!(predict(&server, &cat).await?.0, 1);
+
+    // The last object lands: version 2 is whole, verifies and takes over.
+    s3.upload_dir(&rest, "vit/2").await?;
+    server.wait_for("vit", 2, VersionState::Available).await?;
+    assert_eq!(predict(&server, &cat).await?.0, 2);
+    server.server.shutdown().await;
     Ok(())
 }
 

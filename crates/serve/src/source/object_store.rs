@@ -6,6 +6,10 @@
 //! exists in the cache under a version's name. Credentials and endpoints come from each cloud's usual
 //! environment (object_store's `from_env` builders); requests are retried a few times and then left to
 //! the next poll, so a flaky store costs a poll, not the version that is serving.
+//!
+//! Object stores have no atomic publish: an upload lands object by object. A version is listed only once
+//! every file its manifest names is there (read from the small `manifest.json`, once per change of it),
+//! so a version caught mid-upload waits instead of failing as incomplete.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -18,7 +22,7 @@ use ::object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use ::object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use ::object_store::path::Path as ObjectPath;
 use ::object_store::{BackoffConfig, ObjectStore, ObjectStoreExt as _, RetryConfig};
-use artifact::{Artifact, TEMP_DIR_PREFIX};
+use artifact::{Artifact, MANIFEST_DIGEST_FILE, MANIFEST_FILE, TEMP_DIR_PREFIX};
 use futures_util::TryStreamExt as _;
 use url::Url;
 
@@ -65,7 +69,17 @@ pub(crate) struct ObjectStoreSource {
     /// `<cache root>/<model>`: verified versions by number, and hidden downloads in progress.
     cache: PathBuf,
     listed: BTreeMap<u64, RemoteVersion>,
+    /// Per version: its manifest object as last read, and the files that manifest names.
+    manifests: BTreeMap<u64, (ObjectStamp, Vec<String>)>,
+    /// Versions found whole at least once: listed from then on as they are, so that a damaged version
+    /// reaches the watcher (which fails it) instead of vanishing from the listing.
+    whole: BTreeSet<u64>,
+    /// Per version still uploading: the files it waits for, as last logged.
+    waiting: BTreeMap<u64, Vec<String>>,
 }
+
+/// What identifies one state of an object: a changed manifest is read again.
+type ObjectStamp = (u64, Option<String>, i64);
 
 impl ObjectStoreSource {
     /// Sets up the client for `url` from the environment plus `store_config`; nothing is requested yet.
@@ -82,7 +96,17 @@ impl ObjectStoreSource {
             .enable_all()
             .build()
             .map_err(SourceError::Runtime)?;
-        Ok(ObjectStoreSource { url: url.to_string(), store, prefix, runtime, cache, listed: BTreeMap::new() })
+        Ok(ObjectStoreSource {
+            url: url.to_string(),
+            store,
+            prefix,
+            runtime,
+            cache,
+            listed: BTreeMap::new(),
+            manifests: BTreeMap::new(),
+            whole: BTreeSet::new(),
+            waiting: BTreeMap::new(),
+        })
     }
 
     /// Downloads every object of `version` into `dir`.
@@ -131,6 +155,77 @@ impl ObjectStoreSource {
             })?;
         }
         Ok(())
+    }
+
+    /// The files of `remote` its manifest names that are not uploaded yet (the manifest files included).
+    /// A manifest that does not parse names nothing more: the verifying open reports what is wrong.
+    fn missing_files(&mut self, version: u64, remote: &RemoteVersion) -> Result<Vec<String>, SourceError> {
+        let object = |name: &str| remote.objects.iter().find(|o| o.name == name);
+        let Some(manifest) = object(MANIFEST_FILE) else {
+            return Ok(vec![MANIFEST_FILE.to_owned()]);
+        };
+        let stamp = (manifest.size, manifest.e_tag.clone(), manifest.modified_ms);
+        if self.manifests.get(&version).is_none_or(|(read, _)| *read != stamp) {
+            let store_error = |source| SourceError::Store {
+                what: format!("get {}", self.object_url(&manifest.location)),
+                source,
+            };
+            let bytes = self.runtime.block_on(async {
+                self.store
+                    .get(&manifest.location)
+                    .await
+                    .map_err(store_error)?
+                    .bytes()
+                    .await
+                    .map_err(store_error)
+            })?;
+            let names = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|manifest| {
+                    manifest.get("files")?.as_object().map(|files| files.keys().cloned().collect())
+                })
+                .unwrap_or_default();
+            self.manifests.insert(version, (stamp, names));
+        }
+        let named = self.manifests.get(&version).map(|(_, names)| names.as_slice()).unwrap_or_default();
+        Ok(std::iter::once(MANIFEST_DIGEST_FILE)
+            .chain(named.iter().map(String::as_str))
+            .filter(|name| object(name).is_none())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Keeps the versions that are whole, or were once, or whose manifest cannot be read now (their
+    /// download then fails with the store's error, as any read would); logs a version that waits for
+    /// files whenever what it waits for changes.
+    fn keep_whole(&mut self, versions: &mut BTreeMap<u64, RemoteVersion>) {
+        let mut uploading = BTreeMap::new();
+        for (&version, remote) in versions.iter() {
+            if self.whole.contains(&version) {
+                continue;
+            }
+            match self.missing_files(version, remote) {
+                Ok(missing) if missing.is_empty() => {
+                    self.whole.insert(version);
+                }
+                Ok(missing) => {
+                    if self.waiting.get(&version) != Some(&missing) {
+                        tracing::info!(
+                            "{}/{}: not a version yet, still uploading: waiting for {}",
+                            self.url.trim_end_matches('/'),
+                            remote.spelling,
+                            missing.join(", ")
+                        );
+                    }
+                    uploading.insert(version, missing);
+                }
+                Err(error) => tracing::debug!("cannot tell whether version {version} is whole: {error}"),
+            }
+        }
+        versions.retain(|version, _| !uploading.contains_key(version));
+        self.manifests.retain(|version, _| versions.contains_key(version) || uploading.contains_key(version));
+        self.whole.retain(|version| versions.contains_key(version));
+        self.waiting = uploading;
     }
 
     fn object_url(&self, location: &ObjectPath) -> String {
@@ -197,6 +292,7 @@ impl VersionSource for ObjectStoreSource {
         for version in versions.values_mut() {
             version.objects.sort_by(|a, b| a.name.cmp(&b.name));
         }
+        self.keep_whole(&mut versions);
         let listing = versions.iter().map(|(&v, remote)| (v, VersionStamp::of(&remote.objects))).collect();
         self.listed = versions;
         Ok(listing)

@@ -80,24 +80,32 @@ fn cached(cache: &Path) -> TestResult<Vec<String>> {
     Ok(names)
 }
 
-/// The fixture exported once into a local scratch base.
-fn exported() -> TestResult<(tempfile::TempDir, PathBuf)> {
-    let scratch = tempfile::tempdir()?;
-    let dir = export_version(scratch.path(), 1)?;
-    Ok((scratch, dir))
+/// A server for `s3://models/vit` answering with version 1: the fixture exported into `scratch` as
+/// `dir` and uploaded, cached under `cache`.
+struct ServingVersion1 {
+    scratch: tempfile::TempDir,
+    dir: PathBuf,
+    s3: S3Server,
+    cache: tempfile::TempDir,
+    server: TestServer,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_from_s3_picks_up_a_new_upload_and_never_serves_a_corrupt_one() -> TestResult {
-    let (scratch, dir) = exported()?;
-    let cat = image("chelsea.jpg")?;
-    let expected = reference(&dir, &cat)?;
+async fn serving_version_1() -> TestResult<ServingVersion1> {
+    let scratch = tempfile::tempdir()?;
+    let dir = export_version(scratch.path(), 1)?;
     let s3 = S3Server::start("models").await?;
     s3.upload_dir(&dir, "vit/1").await?;
     let cache = tempfile::tempdir()?;
     let server = serve_from(&s3, cache.path()).await?;
-
     server.wait_for("vit", 1, VersionState::Available).await?;
+    Ok(ServingVersion1 { scratch, dir, s3, cache, server })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_from_s3_picks_up_a_new_upload_and_never_serves_a_corrupt_one() -> TestResult {
+    let ServingVersion1 { scratch, dir, s3, cache, server } = serving_version_1().await?;
+    let cat = image("chelsea.jpg")?;
+    let expected = reference(&dir, &cat)?;
     let (version, label, confidence) = predict(&server, &cat).await?;
     assert_eq!((version, label.as_str()), (1, expected.label.as_str()));
     assert!((confidence - expected.confidence).abs() < 1e-5, "{confidence} vs {}", expected.confidence);
@@ -142,13 +150,8 @@ async fn serves_from_s3_picks_up_a_new_upload_and_never_serves_a_corrupt_one() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_still_uploading_is_not_listed_until_its_manifest_files_are_all_there() -> TestResult {
-    let (scratch, dir) = exported()?;
+    let ServingVersion1 { scratch, dir, s3, cache, server } = serving_version_1().await?;
     let cat = image("chelsea.jpg")?;
-    let s3 = S3Server::start("models").await?;
-    s3.upload_dir(&dir, "vit/1").await?;
-    let cache = tempfile::tempdir()?;
-    let server = serve_from(&s3, cache.path()).await?;
-    server.wait_for("vit", 1, VersionState::Available).await?;
 
     // Version 2 arrives without its graph, as an upload interrupted before its largest object would.
     let partial = publish_copy(&dir, scratch.path(), 2)?;
@@ -173,13 +176,8 @@ async fn a_version_still_uploading_is_not_listed_until_its_manifest_files_are_al
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_store_keeps_the_loaded_version_serving() -> TestResult {
-    let (_scratch, dir) = exported()?;
+    let ServingVersion1 { scratch: _scratch, dir, s3, cache, server } = serving_version_1().await?;
     let cat = image("chelsea.jpg")?;
-    let s3 = S3Server::start("models").await?;
-    s3.upload_dir(&dir, "vit/1").await?;
-    let cache = tempfile::tempdir()?;
-    let server = serve_from(&s3, cache.path()).await?;
-    server.wait_for("vit", 1, VersionState::Available).await?;
 
     // The store answers 503 to everything: version 1 keeps serving, its status says why the base
     // cannot be listed, and the failures are counted.

@@ -127,6 +127,20 @@ async fn tokens_guard_both_ports_rotate_live_and_leave_probes_open() -> anyhow::
     ensure!(refused.code() == tonic::Code::Unauthenticated, "{refused:?}");
     let label = grpc_predict(&server, Some(TOKEN)).await??;
     ensure!(label == answer["predictions"][0]["label"], "gRPC {label} vs REST {answer}");
+    // Each of the four refusals is logged with the client's address, on both ports.
+    let refusals = || -> Vec<String> {
+        let log = server.log();
+        log.lines()
+            .filter(|l| l.contains("refused a request without a valid bearer token"))
+            .map(Into::into)
+            .collect()
+    };
+    let started = Instant::now();
+    while refusals().len() < 4 && started.elapsed() < ROTATION_WAIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logged = refusals();
+    ensure!(logged.len() == 4 && logged.iter().all(|l| l.contains("peer=127.0.0.1:")), "{logged:#?}");
 
     // Rotate: the new token is accepted, the old one refused, without a restart.
     let staged = secrets.path().join("tokens.new");

@@ -10,6 +10,7 @@
 //! lock everyone out.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -17,9 +18,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::HttpBody;
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::error::ServeError;
 use crate::metrics::{Entrypoint, Metrics};
@@ -218,6 +221,8 @@ pub(crate) trait Transport: Clone + Send + Sync + 'static {
     const ENTRYPOINT: Entrypoint;
     /// Whether this request is served without a token.
     fn is_open(&self, method: &Method, path: &str) -> bool;
+    /// The client's address, where the port's server put it: a refusal's log line names who was refused.
+    fn peer<B>(request: &Request<B>) -> Option<SocketAddr>;
     /// The refusal of `request`.
     fn refuse<B>(&self, failure: AuthFailure, request: Request<B>) -> BoxFuture<Response<Self::Body>>
     where
@@ -306,6 +311,11 @@ impl Transport for Rest {
         (self.cors && method == Method::OPTIONS) || self.open.iter().any(|p| p == path)
     }
 
+    /// Set by the REST connection loop on every request.
+    fn peer<B>(request: &Request<B>) -> Option<SocketAddr> {
+        request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0)
+    }
+
     fn refuse<B>(&self, failure: AuthFailure, request: Request<B>) -> BoxFuture<Response<Self::Body>>
     where
         B: HttpBody + Send + 'static,
@@ -340,6 +350,14 @@ impl Transport for Grpc {
 
     fn is_open(&self, _: &Method, path: &str) -> bool {
         path.starts_with(GRPC_HEALTH_PREFIX) || GRPC_V2_PROBES.contains(&path)
+    }
+
+    /// Set by tonic from the connection: TCP, or TLS over TCP.
+    fn peer<B>(request: &Request<B>) -> Option<SocketAddr> {
+        let extensions = request.extensions();
+        extensions.get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr).or_else(|| {
+            extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.get_ref().remote_addr())
+        })
     }
 
     /// HTTP/2 ends a refused stream without closing the connection, so the body is not drained.
@@ -411,7 +429,9 @@ where
             && !self.transport.is_open(request.method(), request.uri().path())
             && let Err(failure) = tokens.verify(request.headers())
         {
+            let peer = T::peer(&request).map_or_else(|| "unknown".to_owned(), |peer| peer.to_string());
             tracing::info!(
+                %peer,
                 path = request.uri().path(),
                 ?failure,
                 "refused a request without a valid bearer token"

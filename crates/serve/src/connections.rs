@@ -11,12 +11,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tower_service::Service as _;
 
 use crate::tls::{Port, Tls};
 
@@ -76,9 +80,9 @@ pub(crate) async fn serve(
             (builder.clone(), router.clone(), stopped.clone(), tls.clone());
         connections.spawn(async move {
             match tls {
-                None => serve_connection(&builder, stream, router, stopping).await,
+                None => serve_connection(&builder, stream, peer, router, stopping).await,
                 Some(tls) => match tls.accept(Port::Rest, stream).await {
-                    Ok(stream) => serve_connection(&builder, stream, router, stopping).await,
+                    Ok(stream) => serve_connection(&builder, stream, peer, router, stopping).await,
                     Err(error) => tracing::debug!(%peer, "REST TLS handshake failed: {error}"),
                 },
             }
@@ -98,16 +102,21 @@ pub(crate) async fn serve(
 }
 
 /// Serves one connection until it ends, or closes it after its current request once `stopping` turns true.
+/// Every request carries `peer` as axum's [`ConnectInfo`], for the logs that name a client.
 async fn serve_connection<IO>(
     builder: &hyper::server::conn::http1::Builder,
     stream: IO,
+    peer: SocketAddr,
     router: axum::Router,
     mut stopping: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let connection =
-        builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router)).with_upgrades();
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().call(request)
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => return log_end(result),

@@ -50,10 +50,11 @@ fn main() -> TractResult<()> {
     let executor = if threads <= 1 { Executor::SingleThread } else { Executor::multithread(threads) };
     let mut per_node: BTreeMap<usize, Duration> = BTreeMap::new();
     let mut totals = vec![];
+    let mut outputs = tvec![];
     for run in 0..=runs {
         let started = Instant::now();
         let mut timings: Vec<(usize, Duration)> = vec![];
-        multithread_tract_scope(executor.clone(), || {
+        outputs = multithread_tract_scope(executor.clone(), || {
             state.run_plan_with_eval(tvec!(input.clone().into_tvalue()), |session, op_state, node, inputs| {
                 let started = Instant::now();
                 let outputs = tract_core::plan::eval(session, op_state, node, inputs);
@@ -61,8 +62,11 @@ fn main() -> TractResult<()> {
                 outputs
             })
         })?;
-        // The first run warms caches and allocations up and is not counted.
-        if run > 0 {
+        // The first run warms caches and allocations up and is not counted, but its time is the
+        // first request's latency.
+        if run == 0 {
+            println!("first run: {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+        } else {
             totals.push(started.elapsed());
             for (id, elapsed) in timings {
                 *per_node.entry(id).or_default() += elapsed;
@@ -75,6 +79,14 @@ fn main() -> TractResult<()> {
         total.as_secs_f64() * 1e3,
         batch as f64 / total.as_secs_f64()
     );
+    // A hash of the outputs' bits, so that two builds' plans can be compared exactly.
+    for (ix, output) in outputs.iter().enumerate() {
+        use std::hash::{Hash, Hasher};
+        let values = output.cast_to::<f32>()?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        values.try_as_plain_ram()?.as_slice::<f32>()?.iter().for_each(|v| v.to_bits().hash(&mut hasher));
+        println!("output {ix}: {} values, bits hash {:016x}", values.len(), hasher.finish());
+    }
     let mut per_kind: BTreeMap<String, (Duration, usize)> = BTreeMap::new();
     for (&id, &elapsed) in &per_node {
         let entry = per_kind.entry(plan.model().node(id).op.name().to_string()).or_default();

@@ -9,9 +9,12 @@
 
 #![deny(missing_docs)]
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod attention;
 mod image;
 mod linear_bf16;
+mod linear_fusion;
 mod linear_i8;
 mod model;
 mod nnef;

@@ -14,6 +14,7 @@ use tract_nnef::internal::*;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math;
 
+use crate::linear_fusion::Fusion;
 use crate::packed_linear::{self, CHANNELS, PackedLayer, PackedLinear};
 
 /// The NNEF fragment name of [`LinearBf16`].
@@ -68,7 +69,7 @@ impl EvalOp for LinearBf16 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let weights = PackedWeights::new(&inputs[1], &inputs[2])?;
-        Ok(tvec!(packed_linear::apply(&weights, &inputs[0])?.into_tvalue()))
+        Ok(tvec!(packed_linear::apply(&weights, &Fusion::default(), &inputs[0], None)?.into_tvalue()))
     }
 }
 
@@ -139,7 +140,7 @@ pub(crate) struct PackedWeights {
 }
 
 impl PackedWeights {
-    fn new(weight: &Tensor, bias: &Tensor) -> TractResult<PackedWeights> {
+    pub(crate) fn new(weight: &Tensor, bias: &Tensor) -> TractResult<PackedWeights> {
         ensure!(weight.rank() == 2, "linear_bf16 weights are [out, in], found {:?}", weight.shape());
         let (n, k) = (weight.shape()[0], weight.shape()[1]);
         let weight = weight.cast_to::<u16>()?;
@@ -182,6 +183,11 @@ impl PackedLayer for PackedWeights {
 
     /// Converts the rows to bf16 into this thread's buffer, then computes every tile.
     fn compute_rows(&self, kernel: Kernel, values: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Kernel::Amx {
+            let layer = crate::amx::PackedBf16 { k: self.k, n: self.n, blocks: &self.blocks, bias: &self.bias };
+            return crate::amx::linear_bf16(&layer, values, out);
+        }
         ACTIVATIONS.with_borrow_mut(|activations| {
             let width = self.pairs() * 2;
             let rows = values.len() / self.k;
@@ -202,7 +208,7 @@ impl PackedLayer for PackedWeights {
                 let out = &mut out[first * self.n..(first + count) * self.n];
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
-                    Kernel::Bf16 => tile.compute_bf16(out),
+                    Kernel::Bf16 | Kernel::Amx => tile.compute_bf16(out),
                     Kernel::Portable => tile.compute_portable(out),
                 }
             }
@@ -219,6 +225,10 @@ thread_local! {
 /// Which implementation computes the tiles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
+    /// Intel AMX (`tdpbf16ps` on tiles, [`crate::amx`]), where the CPU and OS allow it; it takes
+    /// whole slices of rows, not the AVX-512 kernel's tiles (which compute the same on AMX CPUs).
+    #[cfg(target_arch = "x86_64")]
+    Amx,
     /// AVX512_BF16 (`vdpbf16ps`), where the CPU has it.
     #[cfg(target_arch = "x86_64")]
     Bf16,
@@ -229,6 +239,10 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        if crate::amx::available() {
+            return Kernel::Amx;
+        }
         #[cfg(target_arch = "x86_64")]
         if bf16::available() {
             return Kernel::Bf16;
@@ -409,10 +423,10 @@ mod tests {
     }
 
     /// Runs `weights` on `x` with one kernel, on the calling thread.
-    fn run(weights: &PackedWeights, x: &[f32], kernel: Kernel) -> Vec<f32> {
+    fn run(weights: &PackedWeights, x: &[f32], kernel: Kernel) -> TractResult<Vec<f32>> {
         let mut out = vec![f32::NAN; x.len() / weights.k * weights.n];
-        packed_linear::compute(weights, x, kernel, &mut out);
-        out
+        packed_linear::compute(weights, &Fusion::default(), x, None, kernel, &mut out)?;
+        Ok(out)
     }
 
     /// Rounding to bf16 is to nearest with ties to even (relative error at most `2^-8`), keeps
@@ -446,7 +460,7 @@ mod tests {
             let weights = PackedWeights::new(&LinearBf16::weights(&weight)?, &bias)?;
             let x = pseudo_random(rows * k, 7);
             let (w, b) = (values(&weight)?, values(&bias)?);
-            let got = run(&weights, &x, Kernel::detect());
+            let got = run(&weights, &x, Kernel::detect())?;
             for (r, row) in x.chunks(k).enumerate() {
                 for o in 0..n {
                     let products = row.iter().zip(&w[o * k..][..k]).map(|(&x, &w)| x as f64 * w as f64);
@@ -473,8 +487,8 @@ mod tests {
             let [weight, bias] = layer(n, k, (rows + k * n) as u32)?;
             let weights = PackedWeights::new(&LinearBf16::weights(&weight)?, &bias)?;
             let x = pseudo_random(rows * k, 11);
-            let fast = run(&weights, &x, Kernel::Bf16);
-            let portable = run(&weights, &x, Kernel::Portable);
+            let fast = run(&weights, &x, Kernel::Bf16)?;
+            let portable = run(&weights, &x, Kernel::Portable)?;
             let differ = fast.iter().zip(&portable).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
             assert_eq!(differ, 0, "{rows}x{k}x{n}: {differ} outputs differ");
         }

@@ -18,6 +18,7 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math;
 
 use crate::QuantizeRows;
+use crate::linear_fusion::Fusion;
 use crate::packed_linear::{self, CHANNELS, PackedLayer, PackedLinear};
 use crate::quantize::quantize_row;
 
@@ -48,7 +49,7 @@ impl EvalOp for LinearI8 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let weights = PackedWeights::new(&inputs[1], &inputs[2], &inputs[3])?;
-        Ok(tvec!(packed_linear::apply(&weights, &inputs[0])?.into_tvalue()))
+        Ok(tvec!(packed_linear::apply(&weights, &Fusion::default(), &inputs[0], None)?.into_tvalue()))
     }
 }
 
@@ -512,10 +513,10 @@ mod tests {
     }
 
     /// Runs `weights` on `x` with one kernel, on the calling thread.
-    fn run(weights: &PackedWeights, x: &[f32], kernel: Kernel) -> Vec<f32> {
+    fn run(weights: &PackedWeights, x: &[f32], kernel: Kernel) -> TractResult<Vec<f32>> {
         let mut out = vec![f32::NAN; x.len() / weights.k * weights.n];
-        packed_linear::compute(weights, x, kernel, &mut out);
-        out
+        packed_linear::compute(weights, &Fusion::default(), x, None, kernel, &mut out)?;
+        Ok(out)
     }
 
     /// Every shape edge (rows not a multiple of the tile, k not a multiple of 4, n not a multiple of
@@ -531,7 +532,7 @@ mod tests {
             };
             let w: Vec<i8> = weight.to_plain_array_view::<i8>()?.iter().copied().collect();
             let (s, b) = (values(&scale)?, values(&bias)?);
-            let got = run(&weights, &x, Kernel::detect());
+            let got = run(&weights, &x, Kernel::detect())?;
             for (r, row) in x.chunks(k).enumerate() {
                 let mut quantized = vec![0i8; k];
                 let row_scale = quantize_row(row, &mut quantized);
@@ -568,8 +569,8 @@ mod tests {
             let [weight, scale, bias] = layer(n, k, (rows + k * n) as u32)?;
             let weights = PackedWeights::new(&weight, &scale, &bias)?;
             let x = pseudo_random(rows * k, 11);
-            let vnni = run(&weights, &x, Kernel::Vnni);
-            let portable = run(&weights, &x, Kernel::Portable);
+            let vnni = run(&weights, &x, Kernel::Vnni)?;
+            let portable = run(&weights, &x, Kernel::Portable)?;
             let differ = vnni.iter().zip(&portable).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
             assert_eq!(differ, 0, "{rows}x{k}x{n}: {differ} outputs differ");
         }

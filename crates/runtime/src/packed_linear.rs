@@ -3,12 +3,15 @@
 //! split of rows between threads and the per-channel vectors padded to whole channel groups.
 //!
 //! Each layer type says how it packs and computes one slice of rows ([`PackedLayer`]); everything
-//! around that (shapes, output allocation, threads, the plan's operation) is written once here.
+//! around that (shapes, output allocation, threads, the plan's operation and what it fuses from its
+//! neighbours, [`crate::linear_fusion`]) is written once here.
 
 use std::fmt::Debug;
 
 use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_nnef::internal::*;
+
+use crate::linear_fusion::{self, Epilogue, Fusion};
 
 /// f32 lanes of one AVX-512 register: output channels per accumulator.
 pub(crate) const LANES: usize = 16;
@@ -59,8 +62,14 @@ pub(crate) fn linear_output_facts(
     Ok(tvec!(f32::fact(shape)))
 }
 
-/// Runs `layer` on `input` (`f32[..., k]`) with the fastest kernel this CPU runs.
-pub(crate) fn apply<L: PackedLayer>(layer: &L, input: &Tensor) -> TractResult<Tensor> {
+/// Runs `layer` on `input` (`f32[..., k]`) with the fastest kernel this CPU runs, with `fusion`'s
+/// prologue and epilogue (`residual` is the tensor [`Epilogue::Residual`] adds).
+pub(crate) fn apply<L: PackedLayer>(
+    layer: &L,
+    fusion: &Fusion,
+    input: &Tensor,
+    residual: Option<&Tensor>,
+) -> TractResult<Tensor> {
     let (operator, k, n) = (L::OPERATOR, layer.inputs(), layer.outputs());
     let shape = input.shape();
     let width = *shape.last().with_context(|| format!("{operator} needs an input of rank 1 or more"))?;
@@ -75,16 +84,48 @@ pub(crate) fn apply<L: PackedLayer>(layer: &L, input: &Tensor) -> TractResult<Te
     }
     let plain = input.try_as_plain_ram()?;
     let values = plain.as_slice::<f32>()?;
+    let residual = match residual {
+        Some(residual) => {
+            ensure!(
+                residual.shape() == &out_shape[..],
+                "{operator} adds a residual of shape {:?} to outputs of shape {out_shape:?}",
+                residual.shape()
+            );
+            Some(residual.try_as_plain_ram()?)
+        }
+        None => None,
+    };
+    let residual = residual.as_ref().map(|r| r.as_slice::<f32>()).transpose()?;
     let mut view = output.try_as_plain_ram_mut()?;
-    compute(layer, values, L::detect(), view.as_slice_mut::<f32>()?);
+    compute(layer, fusion, values, residual, L::detect(), view.as_slice_mut::<f32>()?)?;
     Ok(output)
 }
 
-/// Computes `out` (`rows x n`) from the rows of `values` with `kernel`. Under a multi-threaded tract
-/// executor the rows are split between its threads in whole tiles, each thread computing its own.
-pub(crate) fn compute<L: PackedLayer>(layer: &L, values: &[f32], kernel: L::Kernel, out: &mut [f32]) {
+/// Computes `out` (`rows x n`) from the rows of `values` with `kernel`, with `fusion`'s prologue and
+/// epilogue (`residual`, shaped like `out`, is what [`Epilogue::Residual`] adds). Under a
+/// multi-threaded tract executor the rows are split between its threads in whole tiles, each thread
+/// computing its own, so the fused work is split too.
+pub(crate) fn compute<L: PackedLayer>(
+    layer: &L,
+    fusion: &Fusion,
+    values: &[f32],
+    residual: Option<&[f32]>,
+    kernel: L::Kernel,
+    out: &mut [f32],
+) -> TractResult<()> {
     let (k, n) = (layer.inputs(), layer.outputs());
     let tiles = (out.len() / n).div_ceil(TOKENS);
+    let slice = |first: usize, out: &mut [f32], values: &[f32]| -> TractResult<()> {
+        let residual = residual.map(|r| &r[first..][..out.len()]);
+        match &fusion.normalize {
+            Some(normalize) => normalize.with_rows(values, k, |rows| {
+                layer.compute_rows(kernel, rows, out);
+                Ok(())
+            })?,
+            None => layer.compute_rows(kernel, values, out),
+        }
+        fusion.epilogue.apply(out, residual)
+    };
     match current_tract_executor() {
         Executor::MultiThread(pool) if tiles > 1 => {
             let rows = tiles.div_ceil(pool.current_num_threads().min(tiles)) * TOKENS;
@@ -92,10 +133,11 @@ pub(crate) fn compute<L: PackedLayer>(layer: &L, values: &[f32], kernel: L::Kern
                 use rayon::prelude::*;
                 out.par_chunks_mut(rows * n)
                     .zip(values.par_chunks(rows * k))
-                    .for_each(|(out, values)| layer.compute_rows(kernel, values, out));
-            });
+                    .enumerate()
+                    .try_for_each(|(i, (out, values))| slice(i * rows * n, out, values))
+            })
         }
-        _ => layer.compute_rows(kernel, values, out),
+        _ => slice(0, out, values),
     }
 }
 
@@ -125,28 +167,32 @@ pub(crate) fn padded_channels(
     Ok(padded)
 }
 
-/// A layer with its weights packed: what the optimized plan runs. Never serialized.
+/// A layer with its weights packed: what the optimized plan runs. Never serialized. Its inputs are
+/// the rows, then the residual when its epilogue adds one.
 #[derive(Debug)]
 pub(crate) struct PackedLinear<L> {
     pub(crate) weights: Arc<L>,
+    /// What the plan fused into the layer from the graph around it.
+    pub(crate) fusion: Fusion,
 }
 
 impl<L> PackedLinear<L> {
     pub(crate) fn new(weights: L) -> PackedLinear<L> {
-        PackedLinear { weights: Arc::new(weights) }
+        PackedLinear { weights: Arc::new(weights), fusion: Fusion::default() }
     }
 }
 
 impl<L> Clone for PackedLinear<L> {
     fn clone(&self) -> Self {
-        PackedLinear { weights: self.weights.clone() }
+        PackedLinear { weights: self.weights.clone(), fusion: self.fusion }
     }
 }
 
-/// Two packed layers are the same operation when they share their packed weights.
+/// Two packed layers are the same operation when they share their packed weights and fuse the same
+/// work.
 impl<L> PartialEq for PackedLinear<L> {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.weights, &other.weights)
+        Arc::ptr_eq(&self.weights, &other.weights) && self.fusion == other.fusion
     }
 }
 
@@ -158,7 +204,7 @@ impl<L: PackedLayer> Op for PackedLinear<L> {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("k: {}, n: {}", self.weights.inputs(), self.weights.outputs())])
+        Ok(vec![format!("k: {}, n: {}, {:?}", self.weights.inputs(), self.weights.outputs(), self.fusion)])
     }
 
     op_as_typed_op!();
@@ -168,7 +214,8 @@ impl<L: PackedLayer> EvalOp for PackedLinear<L> {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        Ok(tvec!(apply(&*self.weights, &inputs[0])?.into_tvalue()))
+        let residual = inputs.get(1).map(|r| &**r);
+        Ok(tvec!(apply(&*self.weights, &self.fusion, &inputs[0], residual)?.into_tvalue()))
     }
 }
 
@@ -183,6 +230,36 @@ impl<L: PackedLayer> TypedOp for PackedLinear<L> {
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let rows: TDim = inputs[0].shape.iter().rev().skip(1).product();
         Ok(tvec!((Cost::FMA(L::ACCUMULATOR), rows * self.weights.inputs() * self.weights.outputs())))
+    }
+
+    /// Takes in the layer norm before the layer and the GELU or residual addition after it, so that
+    /// they run on the rows each thread computes instead of as single-threaded passes of their own.
+    fn fuse(&self, model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+        if self.fusion.normalize.is_none()
+            && let Some((rows, normalize)) = linear_fusion::layer_norm_before(model, node)?
+        {
+            let fusion = Fusion { normalize: Some(normalize), ..self.fusion };
+            let op = PackedLinear { weights: self.weights.clone(), fusion };
+            let mut inputs = node.inputs.clone();
+            inputs[0] = rows;
+            return TypedModelPatch::replace_single_op(model, node, &inputs, op).map(Some);
+        }
+        if self.fusion.epilogue == Epilogue::Store
+            && let Some((after, epilogue, residual)) = linear_fusion::epilogue_after(model, node)?
+        {
+            let fusion = Fusion { epilogue, ..self.fusion };
+            let op = PackedLinear { weights: self.weights.clone(), fusion };
+            let mut patch = TypedModelPatch::default();
+            let mut inputs =
+                node.inputs.iter().map(|i| patch.tap_model(model, *i)).collect::<TractResult<TVec<_>>>()?;
+            if let Some(residual) = residual {
+                inputs.push(patch.tap_model(model, residual)?);
+            }
+            let fused = patch.wire_node(format!("{}.{}", node.name, epilogue.label()), op, &inputs)?;
+            patch.shunt_outside(model, after.into(), fused[0])?;
+            return Ok(Some(patch));
+        }
+        Ok(None)
     }
 
     as_op!();

@@ -365,6 +365,10 @@ fn build_store(
     url: &Url,
     config: &[(String, String)],
 ) -> Result<Arc<dyn ObjectStore>, ::object_store::Error> {
+    // object_store signs with ring (its `ring` feature), but its reqwest client is rustls without a
+    // bundled provider (reqwest's would be aws-lc-rs) and takes the process's default: ring, as kiln's
+    // own TLS uses. An error only says a default is installed already, which then serves as well.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let retry = RetryConfig {
         backoff: BackoffConfig::default(),
         max_retries: MAX_RETRIES,

@@ -52,7 +52,7 @@ impl S3Server {
         let store = s3s_fs::FileSystem::new(root.path()).map_err(|e| format!("s3s-fs: {e:?}"))?;
         let mut builder = s3s::service::S3ServiceBuilder::new(store);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = builder.build().into_shared();
+        let service = builder.build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let failing = Arc::new(AtomicU8::new(Failing::Nothing as u8));
@@ -77,7 +77,8 @@ impl S3Server {
                                 *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
                                 return Ok(response);
                             }
-                            service.call(request).await
+                            // hyper's `call`: S3Service's own one takes s3s's request type.
+                            Service::call(&service, request).await
                         }
                     },
                 );
@@ -118,6 +119,8 @@ impl S3Server {
 
     /// A client for uploads, through the same S3 protocol the server under test uses.
     pub fn client(&self) -> Result<AmazonS3> {
+        // object_store's HTTP client needs a process-wide rustls provider, as in the server.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let builder = self
             .config()
             .into_iter()

@@ -185,7 +185,8 @@ impl PackedLayer for PackedWeights {
     fn compute_rows(&self, kernel: Kernel, values: &[f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if kernel == Kernel::Amx {
-            let layer = crate::amx::PackedBf16 { k: self.k, n: self.n, blocks: &self.blocks, bias: &self.bias };
+            let layer =
+                crate::amx::PackedBf16 { k: self.k, n: self.n, blocks: &self.blocks, bias: &self.bias };
             return crate::amx::linear_bf16(&layer, values, out);
         }
         ACTIVATIONS.with_borrow_mut(|activations| {

@@ -241,7 +241,7 @@ pub(crate) enum Kernel {
 impl Kernel {
     fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if crate::amx::available() {
+        if crate::amx::bf16::available() {
             return Kernel::Amx;
         }
         #[cfg(target_arch = "x86_64")]

@@ -272,22 +272,7 @@ impl Tile<'_> {
         // SAFETY: `Kernel::Bf16` is only chosen when the CPU has the features `bf16::tile` is
         // compiled for, and `Tile`'s slices have the lengths its loads assume (built by
         // `PackedWeights::compute_rows`).
-        unsafe {
-            match self.rows {
-                12 => bf16::tile::<12>(self, out),
-                11 => bf16::tile::<11>(self, out),
-                10 => bf16::tile::<10>(self, out),
-                9 => bf16::tile::<9>(self, out),
-                8 => bf16::tile::<8>(self, out),
-                7 => bf16::tile::<7>(self, out),
-                6 => bf16::tile::<6>(self, out),
-                5 => bf16::tile::<5>(self, out),
-                4 => bf16::tile::<4>(self, out),
-                3 => bf16::tile::<3>(self, out),
-                2 => bf16::tile::<2>(self, out),
-                _ => bf16::tile::<1>(self, out),
-            }
-        }
+        unsafe { packed_linear::tile_for_rows!(self.rows, bf16::tile(self, out)) }
     }
 
     /// `vdpbf16ps`'s arithmetic without SIMD: per pair of inputs, the odd product is added first,
@@ -403,16 +388,12 @@ mod tests {
     use tract_linalg::multithread::{Executor, multithread_tract_scope};
 
     use super::*;
+    use crate::packed_linear::testing::{pseudo_random, run};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-    /// Deterministic values in [-1, 1], scattered enough that rows differ.
-    fn pseudo_random(count: usize, seed: u32) -> Vec<f32> {
-        (0..count).map(|i| ((i * 7919 + seed as usize * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect()
-    }
-
     /// A layer of `n` outputs over `k` inputs: its f32 weights (`[n, k]`) and bias.
-    fn layer(n: usize, k: usize, seed: u32) -> TractResult<[Tensor; 2]> {
+    fn layer(n: usize, k: usize, seed: usize) -> TractResult<[Tensor; 2]> {
         Ok([
             Tensor::from_shape(&[n, k], &pseudo_random(n * k, seed))?,
             Tensor::from_shape(&[n], &pseudo_random(n, seed + 1))?,
@@ -421,13 +402,6 @@ mod tests {
 
     fn values(t: &Tensor) -> TractResult<Vec<f32>> {
         Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect())
-    }
-
-    /// Runs `weights` on `x` with one kernel, on the calling thread.
-    fn run(weights: &PackedWeights, x: &[f32], kernel: Kernel) -> TractResult<Vec<f32>> {
-        let mut out = vec![f32::NAN; x.len() / weights.k * weights.n];
-        packed_linear::compute(weights, &Fusion::default(), x, None, kernel, &mut out)?;
-        Ok(out)
     }
 
     /// Rounding to bf16 is to nearest with ties to even (relative error at most `2^-8`), keeps
@@ -457,7 +431,7 @@ mod tests {
     fn outputs_follow_the_f32_layer_within_bf16_rounding() -> TestResult {
         for (rows, k, n) in [(1, 1, 1), (1, 768, 768), (5, 7, 41), (12, 64, 32), (13, 70, 101), (30, 771, 65)]
         {
-            let [weight, bias] = layer(n, k, (rows * k + n) as u32)?;
+            let [weight, bias] = layer(n, k, rows * k + n)?;
             let weights = PackedWeights::new(&LinearBf16::weights(&weight)?, &bias)?;
             let x = pseudo_random(rows * k, 7);
             let (w, b) = (values(&weight)?, values(&bias)?);
@@ -485,7 +459,7 @@ mod tests {
         for (rows, k, n) in
             [(1, 1, 1), (1, 768, 3072), (5, 7, 40), (12, 64, 32), (25, 97, 101), (197, 768, 64)]
         {
-            let [weight, bias] = layer(n, k, (rows + k * n) as u32)?;
+            let [weight, bias] = layer(n, k, rows + k * n)?;
             let weights = PackedWeights::new(&LinearBf16::weights(&weight)?, &bias)?;
             let x = pseudo_random(rows * k, 11);
             let fast = run(&weights, &x, Kernel::Bf16)?;

@@ -220,16 +220,13 @@ mod tests {
 
     use super::*;
     use crate::packed_linear::PackedLinear;
+    use crate::packed_linear::testing::pseudo_random;
     use crate::{LinearBf16, LinearI8};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     const ROWS: usize = 29;
     const K: usize = 48;
-
-    fn pseudo_random(count: usize, seed: usize) -> Vec<f32> {
-        (0..count).map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect()
-    }
 
     /// A kiln layer of `n` outputs over `k` inputs, int8 or bf16.
     fn linear(

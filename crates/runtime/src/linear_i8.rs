@@ -272,22 +272,7 @@ impl Tile<'_> {
         // SAFETY: `Kernel::Vnni` (and `Amx`) is only chosen when the CPU has the features `vnni::tile` is
         // compiled for, and `Tile`'s slices have the lengths its loads assume (built by
         // `PackedWeights::rows`).
-        unsafe {
-            match self.row_scales.len() {
-                12 => vnni::tile::<12>(self, out),
-                11 => vnni::tile::<11>(self, out),
-                10 => vnni::tile::<10>(self, out),
-                9 => vnni::tile::<9>(self, out),
-                8 => vnni::tile::<8>(self, out),
-                7 => vnni::tile::<7>(self, out),
-                6 => vnni::tile::<6>(self, out),
-                5 => vnni::tile::<5>(self, out),
-                4 => vnni::tile::<4>(self, out),
-                3 => vnni::tile::<3>(self, out),
-                2 => vnni::tile::<2>(self, out),
-                _ => vnni::tile::<1>(self, out),
-            }
-        }
+        unsafe { packed_linear::tile_for_rows!(self.row_scales.len(), vnni::tile(self, out)) }
     }
 
     /// The same arithmetic without SIMD, for CPUs without AVX-512 VNNI; also the tests' reference.
@@ -526,16 +511,12 @@ mod tests {
     use tract_linalg::multithread::{Executor, multithread_tract_scope};
 
     use super::*;
+    use crate::packed_linear::testing::{pseudo_random, run};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-    /// Deterministic values in [-1, 1], scattered enough that rows have different ranges.
-    fn pseudo_random(count: usize, seed: u32) -> Vec<f32> {
-        (0..count).map(|i| ((i * 7919 + seed as usize * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect()
-    }
-
     /// A layer of `n` outputs over `k` inputs: i8 weights, scales and bias.
-    fn layer(n: usize, k: usize, seed: u32) -> TractResult<[Tensor; 3]> {
+    fn layer(n: usize, k: usize, seed: usize) -> TractResult<[Tensor; 3]> {
         let weight: Vec<i8> = pseudo_random(n * k, seed).iter().map(|v| (v * 127.0) as i8).collect();
         let scale: Vec<f32> = pseudo_random(n, seed + 1).iter().map(|v| 0.01 + v.abs() * 0.01).collect();
         Ok([
@@ -586,19 +567,12 @@ mod tests {
         Ok(())
     }
 
-    /// Runs `weights` on `x` with one kernel, on the calling thread.
-    fn run(weights: &PackedWeights, x: &[f32], kernel: Kernel) -> TractResult<Vec<f32>> {
-        let mut out = vec![f32::NAN; x.len() / weights.k * weights.n];
-        packed_linear::compute(weights, &Fusion::default(), x, None, kernel, &mut out)?;
-        Ok(out)
-    }
-
     /// Every shape edge (rows not a multiple of the tile, k not a multiple of 4, n not a multiple of
     /// the channel group) gives `sum(x_q * w) * s_x * s_w + b`, computed here the obvious way.
     #[test]
     fn outputs_are_the_rescaled_integer_products() -> TestResult {
         for (rows, k, n) in [(1, 4, 1), (5, 7, 40), (12, 64, 32), (13, 70, 100), (30, 768, 65)] {
-            let [weight, scale, bias] = layer(n, k, (rows * k + n) as u32)?;
+            let [weight, scale, bias] = layer(n, k, rows * k + n)?;
             let weights = PackedWeights::new(&weight, &scale, &bias)?;
             let x = pseudo_random(rows * k, 7);
             let values = |t: &Tensor| -> TractResult<Vec<f32>> {
@@ -640,7 +614,7 @@ mod tests {
     fn vnni_and_portable_kernels_agree_bit_for_bit() -> TestResult {
         assert!(vnni::available(), "this test needs an AVX-512 VNNI CPU, as kiln's CI machines have");
         for (rows, k, n) in [(1, 4, 1), (5, 7, 40), (12, 64, 32), (25, 96, 100), (197, 768, 64)] {
-            let [weight, scale, bias] = layer(n, k, (rows + k * n) as u32)?;
+            let [weight, scale, bias] = layer(n, k, rows + k * n)?;
             let weights = PackedWeights::new(&weight, &scale, &bias)?;
             let x = pseudo_random(rows * k, 11);
             let vnni = run(&weights, &x, Kernel::Vnni)?;
@@ -678,9 +652,9 @@ mod tests {
             (197, 768, 64),
             (197, 6000, 40),
         ] {
-            let [weight, scale, bias] = layer(n, k, (rows + k * n) as u32)?;
+            let [weight, scale, bias] = layer(n, k, rows + k * n)?;
             let weights = PackedWeights::new(&weight, &scale, &bias)?;
-            let x = pseudo_random(rows * k, 13 + k as u32);
+            let x = pseudo_random(rows * k, 13 + k);
             let amx = run(&weights, &x, Kernel::Amx)?;
             for other in [Kernel::Vnni, Kernel::Portable] {
                 let expected = run(&weights, &x, other)?;

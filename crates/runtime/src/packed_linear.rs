@@ -22,6 +22,31 @@ pub(crate) const CHANNELS: usize = LANES * VECTORS;
 /// Tokens (rows) of one tile: with [`VECTORS`], 24 of the 32 vector registers accumulate.
 pub(crate) const TOKENS: usize = 12;
 
+/// `$kernel::<T>($args)` for a tile's row count `T` (1 to [`TOKENS`]): the AVX-512 kernels are
+/// compiled once per row count, so that their accumulators are an array the compiler keeps in
+/// registers.
+macro_rules! tile_for_rows {
+    ($rows:expr, $($kernel:ident)::+ ($($arg:expr),*)) => {
+        match $rows {
+            12 => $($kernel)::+::<12>($($arg),*),
+            11 => $($kernel)::+::<11>($($arg),*),
+            10 => $($kernel)::+::<10>($($arg),*),
+            9 => $($kernel)::+::<9>($($arg),*),
+            8 => $($kernel)::+::<8>($($arg),*),
+            7 => $($kernel)::+::<7>($($arg),*),
+            6 => $($kernel)::+::<6>($($arg),*),
+            5 => $($kernel)::+::<5>($($arg),*),
+            4 => $($kernel)::+::<4>($($arg),*),
+            3 => $($kernel)::+::<3>($($arg),*),
+            2 => $($kernel)::+::<2>($($arg),*),
+            _ => $($kernel)::+::<1>($($arg),*),
+        }
+    };
+}
+pub(crate) use tile_for_rows;
+
+const _: () = assert!(TOKENS == 12, "tile_for_rows has one arm per row count up to TOKENS");
+
 /// One layer's weights in a kernel's layout, and how to run them on a slice of rows.
 pub(crate) trait PackedLayer: Debug + Send + Sync + 'static {
     /// The operator's name in error messages (`linear_i8`).
@@ -289,5 +314,26 @@ pub(crate) mod avx512 {
                 _mm512_mask_storeu_ps(dst, (1u16 << (n - o)) - 1, y);
             }
         }
+    }
+}
+
+/// What the tests of every packed layer share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use tract_nnef::internal::*;
+
+    use super::PackedLayer;
+    use crate::linear_fusion::Fusion;
+
+    /// Deterministic values in [-1, 1] of varied magnitudes, scattered enough that rows differ.
+    pub(crate) fn pseudo_random(count: usize, seed: usize) -> Vec<f32> {
+        (0..count).map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    /// Runs `layer` on `x` with one kernel, on the calling thread.
+    pub(crate) fn run<L: PackedLayer>(layer: &L, x: &[f32], kernel: L::Kernel) -> TractResult<Vec<f32>> {
+        let mut out = vec![f32::NAN; x.len() / layer.inputs() * layer.outputs()];
+        super::compute(layer, &Fusion::default(), x, None, kernel, &mut out)?;
+        Ok(out)
     }
 }

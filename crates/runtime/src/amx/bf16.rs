@@ -135,22 +135,9 @@ mod tests {
     use super::*;
     use crate::LinearBf16;
     use crate::linear_bf16::{Kernel, PackedWeights, bf16_bits};
-    use crate::linear_fusion::Fusion;
-    use crate::packed_linear::{self, PackedLayer};
+    use crate::packed_linear::testing::{pseudo_random, run};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    /// Deterministic values in [-1, 1] of varied magnitudes.
-    fn pseudo_random(count: usize, seed: usize) -> Vec<f32> {
-        (0..count).map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect()
-    }
-
-    /// Runs `weights` on `x` with one kernel, on the calling thread.
-    fn run(weights: &PackedWeights, x: &[f32], kernel: Kernel) -> TractResult<Vec<f32>> {
-        let mut out = vec![f32::NAN; x.len() / weights.inputs() * weights.outputs()];
-        packed_linear::compute(weights, &Fusion::default(), x, None, kernel, &mut out)?;
-        Ok(out)
-    }
 
     /// On every shape edge (rows not a multiple of 16 or 32 or past one slice, `k` odd or not a
     /// multiple of 32, `n` not a multiple of 16 or 32) the AMX kernel computes what the portable one does up to the order of

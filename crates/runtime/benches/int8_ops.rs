@@ -4,8 +4,9 @@
 //! Each group holds the kiln operations and their tract peer, so the ratio between them is measured in
 //! one run (this machine's speed drifts too much for numbers from different runs to compare):
 //! - `linear MxK->N` (M = 197 tokens, or 1; K->N = 768->768, 768->3072, 3072->768): [`runtime::LinearI8`]
-//!   and [`runtime::LinearBf16`] against tract's f32 linear (EinSum) on the same shape, and at M = 197
-//!   the bf16 layer on two threads (the kernel's throughput on both cores);
+//!   and [`runtime::LinearBf16`] against tract's f32 linear (EinSum) on the same shape, and the same
+//!   f32 graph compiled by [`runtime::optimize`] (kiln's f32 kernel on AVX-512 CPUs); at M = 197 the
+//!   bf16 and f32 layers also on two threads (the kernels' throughput on both cores);
 //! - `attention 197 tokens x 12 heads x 64`: [`runtime::Attention`] against tract's einsum, softmax,
 //!   einsum.
 
@@ -100,6 +101,18 @@ fn linear(c: &mut Criterion) {
             let b = model.add_const("bias", bias.into_shape(&[1, 1, n]).expect("shape")).expect("const");
             let y = model.wire_node("add_bias", tract_core::ops::math::add(), &[y, b]).expect("wires");
             model.select_output_outlets(&y).expect("output");
+            let plan = runtime::optimize(model.clone()).expect("optimizes").into_runnable().expect("plans");
+            let mut runs = vec![("kiln f32 (runtime::optimize)", Executor::SingleThread)];
+            if m > 1 {
+                runs.push(("kiln f32 (runtime::optimize), 2 threads", Executor::multithread(2)));
+            }
+            for (name, executor) in runs {
+                group.bench_function(name, |b| {
+                    multithread_tract_scope(executor.clone(), || {
+                        b.iter(|| plan.run(tvec!(input.clone().into_tvalue())).expect("runs"))
+                    })
+                });
+            }
             bench_model(&mut group, "tract f32 EinSum + bias", model, tvec!(input));
             group.finish();
         }

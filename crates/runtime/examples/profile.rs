@@ -32,7 +32,7 @@ fn main() -> TractResult<()> {
         let values: HashMap<Symbol, TDim> = HashMap::from([(n, TDim::Val(batch as i64))]);
         model = values.translate_model(&model)?;
     }
-    let optimized = model.into_optimized()?;
+    let optimized = runtime::optimize(model)?;
     eprintln!("optimized in {:.2}s", started.elapsed().as_secs_f64());
     if std::env::var_os("KILN_PROFILE_DUMP").is_some() {
         for node in optimized.nodes() {

@@ -69,6 +69,16 @@ pub enum RuntimeError {
     },
 }
 
+/// Compiles a kiln graph for this machine as [`Model`] does: tract's declutter, the linear layers of
+/// f32 graphs given kiln's AVX-512 kernel where the CPU has it, then tract's codegen, which packs
+/// kiln's int8 and bf16 layers and fuses the operations around every packed layer.
+pub fn optimize(mut model: TypedModel) -> TractResult<TypedModel> {
+    model.declutter()?;
+    model.transform(&crate::linear_f32::PackF32Linears)?;
+    model.optimize()?;
+    Ok(model)
+}
+
 /// One image's classification.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
@@ -137,7 +147,7 @@ impl Model {
         // alive until the end of this function, every weight existed twice at the peak (ViT-B f32: 713
         // MiB for 330 MiB of weights, against 390 MiB once dropped here).
         drop(typed);
-        let plan = concrete.into_optimized().and_then(|m| m.into_runnable()).map_err(graph_error)?;
+        let plan = optimize(concrete).and_then(|m| m.into_runnable()).map_err(graph_error)?;
         let executor = engine_executor(options.threads)?;
         Ok(Model { dir, manifest, plan, confidence_slot, class_slot, executor, options })
     }

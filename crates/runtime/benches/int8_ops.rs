@@ -7,8 +7,8 @@
 //!   and [`runtime::LinearBf16`] against tract's f32 linear (EinSum) on the same shape, and the same
 //!   f32 graph compiled by [`runtime::optimize`] (kiln's f32 kernel on AVX-512 CPUs); at M = 197 the
 //!   bf16 and f32 layers also on two threads (the kernels' throughput on both cores);
-//! - `attention 197 tokens x 12 heads x 64`: [`runtime::Attention`] against tract's einsum, softmax,
-//!   einsum.
+//! - `attention 197 tokens x 12 heads x 64`: [`runtime::Attention`] and [`runtime::AttentionBf16`]
+//!   against tract's einsum, softmax, einsum.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tract_core::ops::einsum::EinSum;
@@ -125,11 +125,20 @@ fn attention(c: &mut Criterion) {
     group.throughput(Throughput::Elements((2 * TOKENS * TOKENS * 12 * 64) as u64));
     let inputs: TVec<Tensor> = (0..3).map(|seed| tensor(&shape, seed)).collect();
 
-    let mut model = TypedModel::default();
-    let [q, k, v] = ["q", "k", "v"].map(|name| model.add_source(name, f32::fact(shape)).expect("source"));
-    let y = model.wire_node("attention", runtime::Attention, &[q, k, v]).expect("wires");
-    model.select_output_outlets(&y).expect("output");
-    bench_model(&mut group, "kiln Attention", model, inputs.clone());
+    let attention = |op: Box<dyn TypedOp>| {
+        let mut model = TypedModel::default();
+        let [q, k, v] = ["q", "k", "v"].map(|name| model.add_source(name, f32::fact(shape)).expect("source"));
+        let y = model.wire_node("attention", op, &[q, k, v]).expect("wires");
+        model.select_output_outlets(&y).expect("output");
+        model
+    };
+    bench_model(&mut group, "kiln Attention", attention(Box::new(runtime::Attention)), inputs.clone());
+    bench_model(
+        &mut group,
+        "kiln AttentionBf16",
+        attention(Box::new(runtime::AttentionBf16)),
+        inputs.clone(),
+    );
 
     let mut model = TypedModel::default();
     let [q, k, v] = ["q", "k", "v"].map(|name| model.add_source(name, f32::fact(shape)).expect("source"));

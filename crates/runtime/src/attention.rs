@@ -14,6 +14,8 @@ use tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_nnef::internal::*;
 
+use crate::linear_bf16::{bf16_bits, bf16_value};
+
 /// The NNEF fragment name of [`Attention`].
 const PRIMITIVE: &str = "kiln_attention";
 
@@ -44,43 +46,7 @@ impl EvalOp for Attention {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let shape = inputs[0].shape().to_vec();
-        ensure!(shape.len() == 4, "attention takes [batch, tokens, heads, head size], found {shape:?}");
-        for input in &inputs[1..] {
-            ensure!(input.shape() == shape, "attention operands differ: {shape:?} and {:?}", input.shape());
-        }
-        let views = inputs.iter().map(|input| input.try_as_plain_ram()).collect::<TractResult<TVec<_>>>()?;
-        let [q, k, v] = [0, 1, 2].map(|i| views[i].as_slice::<f32>());
-        let (q, k, v) = (q?, k?, v?);
-        let layout = Layout { tokens: shape[1], heads: shape[2], size: shape[3] };
-        // SAFETY: every value is written below: each head of each batch element is a job, and each
-        // job's context covers every token of its head.
-        #[allow(unsafe_code)]
-        let mut output = unsafe { Tensor::uninitialized::<f32>(&shape)? };
-        if output.len() == 0 {
-            return Ok(tvec!(output.into_tvalue()));
-        }
-        let mut view = output.try_as_plain_ram_mut()?;
-        let out = view.as_slice_mut::<f32>()?;
-        let per_batch = layout.tokens * layout.heads * layout.size;
-        let jobs: Vec<(usize, usize)> =
-            (0..shape[0]).flat_map(|n| (0..layout.heads).map(move |h| (n, h))).collect();
-        let context = Context { layout, q, k, v };
-        let run = |&(n, h): &(usize, usize)| context.head(n * per_batch, h);
-        let heads: Vec<Vec<f32>> = match current_tract_executor() {
-            Executor::MultiThread(pool) if jobs.len() > 1 => pool.install(|| {
-                use rayon::prelude::*;
-                jobs.par_iter().map(run).collect()
-            }),
-            _ => jobs.iter().map(run).collect(),
-        };
-        let size = layout.size;
-        for (&(n, h), head) in jobs.iter().zip(&heads) {
-            for (t, values) in head.chunks_exact(size).enumerate() {
-                out[n * per_batch + layout.at(t, h)..][..size].copy_from_slice(values);
-            }
-        }
-        Ok(tvec!(output.into_tvalue()))
+        attend(&inputs, Operands::F32)
     }
 }
 
@@ -115,6 +81,118 @@ impl TypedOp for Attention {
     }
 
     as_op!();
+}
+
+/// [`Attention`] on bf16 operands: the query, key and value rounded to bf16 (to nearest, ties to
+/// even, as [`crate::LinearBf16`] rounds its inputs), the probabilities too before the context
+/// product, the products (exact in f32) summed in f32, the softmax in f32. On AMX CPUs both products run
+/// on tiles ([`crate::amx`]); elsewhere the f32 kernels run on the rounded operands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttentionBf16;
+
+impl Op for AttentionBf16 {
+    fn name(&self) -> StaticName {
+        "AttentionBf16".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for AttentionBf16 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        attend(&inputs, Operands::Bf16)
+    }
+}
+
+impl TypedOp for AttentionBf16 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Attention.output_facts(inputs)
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        Attention.cost(inputs)
+    }
+
+    as_op!();
+}
+
+/// What the operands are rounded to before their products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Operands {
+    /// Used as they are: [`Attention`].
+    F32,
+    /// Query, key, value and probabilities rounded to bf16: [`AttentionBf16`].
+    Bf16,
+}
+
+/// Whether [`AttentionBf16`] runs on AMX here for heads of `size`.
+fn amx_runs(size: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::amx::attention::available(size);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = size;
+        false
+    }
+}
+
+/// Both operations' evaluation: every head of every batch element, spread over tract's executor
+/// threads, then copied into place.
+fn attend(inputs: &[TValue], operands: Operands) -> TractResult<TVec<TValue>> {
+    let shape = inputs[0].shape().to_vec();
+    ensure!(shape.len() == 4, "attention takes [batch, tokens, heads, head size], found {shape:?}");
+    for input in &inputs[1..] {
+        ensure!(input.shape() == shape, "attention operands differ: {shape:?} and {:?}", input.shape());
+    }
+    let views = inputs.iter().map(|input| input.try_as_plain_ram()).collect::<TractResult<TVec<_>>>()?;
+    let [q, k, v] = [0, 1, 2].map(|i| views[i].as_slice::<f32>());
+    let (q, k, v) = (q?, k?, v?);
+    let size = shape[3];
+    let amx = operands == Operands::Bf16 && amx_runs(size);
+    // Without AMX, bf16 operands are the f32 kernels' on operands rounded to bf16 first.
+    let rounded: Option<[Vec<f32>; 3]> = (operands == Operands::Bf16 && !amx)
+        .then(|| [q, k, v].map(|x| x.iter().map(|&x| bf16_value(bf16_bits(x))).collect()));
+    let (q, k, v) = match &rounded {
+        Some([q, k, v]) => (&q[..], &k[..], &v[..]),
+        None => (q, k, v),
+    };
+    let layout = Layout { tokens: shape[1], heads: shape[2], size: shape[3] };
+    // SAFETY: every value is written below: each head of each batch element is a job, and each
+    // job's context covers every token of its head.
+    #[allow(unsafe_code)]
+    let mut output = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+    if output.len() == 0 {
+        return Ok(tvec!(output.into_tvalue()));
+    }
+    let mut view = output.try_as_plain_ram_mut()?;
+    let out = view.as_slice_mut::<f32>()?;
+    let per_batch = layout.tokens * layout.heads * layout.size;
+    let jobs: Vec<(usize, usize)> =
+        (0..shape[0]).flat_map(|n| (0..layout.heads).map(move |h| (n, h))).collect();
+    let context = Context { layout, q, k, v, round_probabilities: operands == Operands::Bf16 };
+    let run = |&(n, h): &(usize, usize)| {
+        #[cfg(target_arch = "x86_64")]
+        if amx {
+            let [q, k, v] = [q, k, v].map(|x| &x[n * per_batch..][..per_batch]);
+            return crate::amx::attention::head(q, k, v, layout.tokens, layout.heads, size, h);
+        }
+        context.head(n * per_batch, h)
+    };
+    let heads: Vec<Vec<f32>> = match current_tract_executor() {
+        Executor::MultiThread(pool) if jobs.len() > 1 => pool.install(|| {
+            use rayon::prelude::*;
+            jobs.par_iter().map(run).collect()
+        }),
+        _ => jobs.iter().map(run).collect(),
+    };
+    for (&(n, h), head) in jobs.iter().zip(&heads) {
+        for (t, values) in head.chunks_exact(size).enumerate() {
+            out[n * per_batch + layout.at(t, h)..][..size].copy_from_slice(values);
+        }
+    }
+    Ok(tvec!(output.into_tvalue()))
 }
 
 /// The operation in tract's operators: scores by einsum, softmax over the keys, context by einsum.
@@ -153,6 +231,8 @@ struct Context<'a> {
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
+    /// Whether the probabilities are rounded to bf16 before the context product.
+    round_probabilities: bool,
 }
 
 /// A head's work buffers, kept by each thread between calls.
@@ -210,6 +290,9 @@ impl Context<'_> {
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx512 => softmax_avx512(live),
                     Kernel::Portable => softmax_portable(live),
+                }
+                if self.round_probabilities {
+                    live.iter_mut().for_each(|p| *p = bf16_value(bf16_bits(*p)));
                 }
                 padding.fill(0.0);
             }
@@ -355,6 +438,16 @@ fn softmax_avx512(row: &mut [f32]) {
     unsafe { avx512::softmax(row) }
 }
 
+/// `exp(x - max)` of one row in place with the AVX-512 exponential, as the softmax computes them
+/// before scaling; returns their sum.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(crate) fn exponentials_avx512(row: &mut [f32]) -> f32 {
+    assert!(is_x86_feature_detected!("avx512f"), "the AVX-512 exponential on a CPU without AVX-512 F");
+    // SAFETY: checked above.
+    unsafe { avx512::exponentials(row) }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx512 {
@@ -425,10 +518,28 @@ mod avx512 {
         }
     }
 
-    /// Softmax of one row in place: the maximum, `exp(x - max)` with [`exp`], the sum, the scaling.
+    /// Softmax of one row in place: [`exponentials`], then the scaling by the inverse of their sum.
     #[target_feature(enable = "avx512f")]
     pub fn softmax(row: &mut [f32]) {
-        let mask = |len: usize| if len == LANES { u16::MAX } else { (1u16 << len) - 1 };
+        let inverse = _mm512_set1_ps(1.0 / exponentials(row));
+        for chunk in row.chunks_mut(LANES) {
+            let m = mask(chunk.len());
+            // SAFETY: masked load and store of the chunk's elements.
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(m, chunk.as_ptr());
+                _mm512_mask_storeu_ps(chunk.as_mut_ptr(), m, _mm512_mul_ps(x, inverse));
+            }
+        }
+    }
+
+    /// The mask of a chunk of `len` values (at most 16).
+    fn mask(len: usize) -> u16 {
+        if len == LANES { u16::MAX } else { (1u16 << len) - 1 }
+    }
+
+    /// `exp(x - max)` of one row in place, with [`exp`]; returns their sum.
+    #[target_feature(enable = "avx512f")]
+    pub fn exponentials(row: &mut [f32]) -> f32 {
         let mut peak = _mm512_set1_ps(f32::NEG_INFINITY);
         for chunk in row.chunks(LANES) {
             let m = mask(chunk.len());
@@ -447,15 +558,7 @@ mod avx512 {
                 _mm512_mask_storeu_ps(chunk.as_mut_ptr(), m, e);
             }
         }
-        let inverse = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
-        for chunk in row.chunks_mut(LANES) {
-            let m = mask(chunk.len());
-            // SAFETY: masked load and store of the chunk's elements.
-            unsafe {
-                let x = _mm512_maskz_loadu_ps(m, chunk.as_ptr());
-                _mm512_mask_storeu_ps(chunk.as_mut_ptr(), m, _mm512_mul_ps(x, inverse));
-            }
-        }
+        _mm512_reduce_add_ps(sum)
     }
 
     /// `e^x` for `x <= 0` (softmax's shifted scores), relative error about 1e-7: `x = n ln 2 + r`
@@ -481,28 +584,29 @@ mod avx512 {
     }
 }
 
-/// Registers `kiln_attention` in the `kiln` NNEF extension.
+/// The NNEF fragment name of [`AttentionBf16`].
+const PRIMITIVE_BF16: &str = "kiln_attention_bf16";
+
+/// Registers `kiln_attention` and `kiln_attention_bf16` in the `kiln` NNEF extension.
 pub(crate) fn register(registry: &mut Registry) {
-    registry.register_dumper(serialize);
-    registry.register_primitive(
-        PRIMITIVE,
-        &[
-            TypeName::Scalar.tensor().named("query"),
-            TypeName::Scalar.tensor().named("key"),
-            TypeName::Scalar.tensor().named("value"),
-        ],
-        &[("output", TypeName::Scalar.tensor())],
-        deserialize,
-    );
-}
-
-fn serialize(ast: &mut IntoAst, node: &TypedNode, _op: &Attention) -> TractResult<Option<Arc<RValue>>> {
-    crate::nnef::invocation_of(PRIMITIVE, ast, node)
-}
-
-fn deserialize(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
-    let inputs = crate::nnef::named_wires(builder, invocation, &["query", "key", "value"])?;
-    builder.wire(Attention, &inputs)
+    registry.register_dumper(|ast, node, _: &Attention| crate::nnef::invocation_of(PRIMITIVE, ast, node));
+    registry.register_dumper(|ast, node, _: &AttentionBf16| {
+        crate::nnef::invocation_of(PRIMITIVE_BF16, ast, node)
+    });
+    let inputs = [
+        TypeName::Scalar.tensor().named("query"),
+        TypeName::Scalar.tensor().named("key"),
+        TypeName::Scalar.tensor().named("value"),
+    ];
+    let output = [("output", TypeName::Scalar.tensor())];
+    registry.register_primitive(PRIMITIVE, &inputs, &output, |builder, invocation| {
+        let inputs = crate::nnef::named_wires(builder, invocation, &["query", "key", "value"])?;
+        builder.wire(Attention, &inputs)
+    });
+    registry.register_primitive(PRIMITIVE_BF16, &inputs, &output, |builder, invocation| {
+        let inputs = crate::nnef::named_wires(builder, invocation, &["query", "key", "value"])?;
+        builder.wire(AttentionBf16, &inputs)
+    });
 }
 
 #[cfg(test)]
@@ -611,6 +715,120 @@ mod tests {
         crate::nnef().write_to_tar(&model, &mut buffer)?;
         let reloaded = crate::nnef().model_for_read(&mut &buffer[..])?.into_optimized()?.into_runnable()?;
         assert_eq!(values(&reloaded.run(inputs(shape)?)?[0])?, values(&expected[0])?);
+        Ok(())
+    }
+
+    /// Operands in [-0.5, 0.5]: scores of a few units, so the softmax is not one-hot and the rounding of
+    /// the operands shows in the result.
+    fn small_inputs(shape: [usize; 4]) -> TractResult<TVec<TValue>> {
+        inputs(shape)?
+            .into_iter()
+            .map(|t| Ok(t.to_plain_array_view::<f32>()?.map(|x| x / 8.0).into_tensor().into_tvalue()))
+            .collect()
+    }
+
+    /// `softmax(bf16(q) . bf16(k)) . bf16(v)` in f64, the probabilities rounded to bf16.
+    fn bf16_reference(shape: [usize; 4], inputs: &[TValue]) -> TractResult<Vec<f64>> {
+        let [batch, tokens, heads, size] = shape;
+        let rounded = |t: &TValue| -> TractResult<Vec<f64>> {
+            Ok(values(t)?.iter().map(|&x| bf16_value(bf16_bits(x)) as f64).collect())
+        };
+        let (q, k, v) = (rounded(&inputs[0])?, rounded(&inputs[1])?, rounded(&inputs[2])?);
+        let at = |n: usize, t: usize, h: usize| ((n * tokens + t) * heads + h) * size;
+        let mut out = vec![0f64; q.len()];
+        for (n, t, h) in
+            (0..batch).flat_map(|n| (0..tokens).flat_map(move |t| (0..heads).map(move |h| (n, t, h))))
+        {
+            let scores: Vec<f64> = (0..tokens)
+                .map(|s| (0..size).map(|d| q[at(n, t, h) + d] * k[at(n, s, h) + d]).sum())
+                .collect();
+            let max = scores.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
+            let sum: f64 = scores.iter().map(|x| (x - max).exp()).sum();
+            for (s, score) in scores.iter().enumerate() {
+                let p = bf16_value(bf16_bits(((score - max).exp() / sum) as f32)) as f64;
+                for d in 0..size {
+                    out[at(n, t, h) + d] += p * v[at(n, s, h) + d];
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// On AMX (head sizes of whole 32s, 288 among them) and on the f32 kernels' fallback (48, 8 and
+    /// AMX-less CPUs), the bf16 operation follows the bf16 reference within `2^-12` of the largest
+    /// value: f32 sums, and now and then a probability whose f32 value rounds to the other bf16
+    /// neighbour than its f64 value (one step, `2^-8` of a probability, times a value). Leaving any
+    /// operand unrounded moves the result by about `2^-8` of the largest value, 16 times the bound.
+    /// Two threads give the same bits as one.
+    #[test]
+    fn bf16_attention_follows_the_rounded_reference() -> TestResult {
+        for shape in [
+            [1, 197, 3, 64],
+            [2, 13, 2, 32],
+            [1, 40, 1, 96],
+            [1, 9, 1, 288],
+            [1, 30, 1, 48],
+            [1, 5, 2, 8],
+            [1, 1, 1, 32],
+        ] {
+            let inputs = small_inputs(shape)?;
+            let got = values(&AttentionBf16.eval(&EvalContext::out_of_plan(), inputs.clone())?[0])?;
+            let expected = bf16_reference(shape, &inputs)?;
+            let largest = values(&inputs[2])?.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+            let worst = got.iter().zip(&expected).fold(0f64, |m, (&a, b)| m.max((a as f64 - b).abs()));
+            assert!(worst <= largest * 2f64.powi(-12), "{shape:?}: max |bf16 - reference| {worst}");
+            let f32_output = values(&Attention.eval(&EvalContext::out_of_plan(), inputs.clone())?[0])?;
+            assert_ne!(got, f32_output, "{shape:?}: no rounding");
+            let threaded = multithread_tract_scope(Executor::multithread(2), || {
+                AttentionBf16.eval(&EvalContext::out_of_plan(), inputs.clone())
+            })?;
+            assert_eq!(values(&threaded[0])?, got, "{shape:?}: threads changed the result");
+        }
+        Ok(())
+    }
+
+    /// The AMX heads and the f32 kernels on rounded operands compute the same products; they differ by
+    /// summation order and, through it, a probability's rounding now and then (bound as above).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn amx_heads_agree_with_the_rounded_f32_kernels() -> TestResult {
+        if !crate::amx::attention::available(64) {
+            eprintln!("skipped: this CPU or OS does not run AMX");
+            return Ok(());
+        }
+        let shape = [1, 197, 2, 64];
+        let inputs = small_inputs(shape)?;
+        let views = inputs.iter().map(|t| values(t)).collect::<TractResult<Vec<_>>>()?;
+        let rounded: Vec<Vec<f32>> =
+            views.iter().map(|x| x.iter().map(|&x| bf16_value(bf16_bits(x))).collect()).collect();
+        let layout = Layout { tokens: 197, heads: 2, size: 64 };
+        let context =
+            Context { layout, q: &rounded[0], k: &rounded[1], v: &rounded[2], round_probabilities: true };
+        let largest = views[2].iter().fold(0f32, |m, v| m.max(v.abs()));
+        for h in 0..2 {
+            let amx = crate::amx::attention::head(&views[0], &views[1], &views[2], 197, 2, 64, h);
+            let f32_kernels = context.head(0, h);
+            let worst = amx.iter().zip(&f32_kernels).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= largest * 2f32.powi(-12), "head {h}: max |amx - f32 kernels| {worst}");
+        }
+        Ok(())
+    }
+
+    /// A graph holding the bf16 operation survives an NNEF write and read as `kiln_attention_bf16`.
+    #[test]
+    fn nnef_round_trip_keeps_the_bf16_operation() -> TestResult {
+        let shape = [1, 7, 2, 32];
+        let mut model = TypedModel::default();
+        let [q, k, v] = ["q", "k", "v"].map(|name| model.add_source(name, f32::fact(shape)));
+        let output = model.wire_node("attention", AttentionBf16, &[q?, k?, v?])?;
+        model.select_output_outlets(&output)?;
+        let expected = model.clone().into_runnable()?.run(small_inputs(shape)?)?;
+        let mut buffer = vec![];
+        crate::nnef().write_to_tar(&model, &mut buffer)?;
+        let reloaded = crate::nnef().model_for_read(&mut &buffer[..])?;
+        assert!(reloaded.nodes().iter().any(|n| n.op_is::<AttentionBf16>()), "{reloaded}");
+        let plan = reloaded.into_optimized()?.into_runnable()?;
+        assert_eq!(values(&plan.run(small_inputs(shape)?)?[0])?, values(&expected[0])?);
         Ok(())
     }
 }

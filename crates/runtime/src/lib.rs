@@ -5,7 +5,7 @@
 //! input image, [`Model::infer`] runs a batch of prepared images, and [`Model::predict`] does both for a batch of
 //! strings, giving each instance its own result. [`nnef`] is the graph reader and writer every kiln graph
 //! goes through: tract's, plus kiln's operations ([`Attention`]; [`LinearI8`] in int8 graphs;
-//! [`LinearBf16`] in bf16 graphs; [`QuantizeRows`] in format version 1 int8 graphs).
+//! [`LinearBf16`] and [`AttentionBf16`] in bf16 graphs; [`QuantizeRows`] in format version 1 int8 graphs).
 
 #![deny(missing_docs)]
 
@@ -23,7 +23,7 @@ mod packed_linear;
 mod progress;
 mod quantize;
 
-pub use self::attention::Attention;
+pub use self::attention::{Attention, AttentionBf16};
 pub use self::image::{ImageLimits, InstanceError, PreparedImage, prepare};
 pub use self::linear_bf16::LinearBf16;
 pub use self::linear_i8::LinearI8;

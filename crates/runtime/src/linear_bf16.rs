@@ -52,7 +52,7 @@ pub(crate) fn bf16_bits(value: f32) -> u16 {
 }
 
 /// The f32 a bf16 bit pattern stands for (exact).
-fn bf16_value(bits: u16) -> f32 {
+pub(crate) fn bf16_value(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 

@@ -6,7 +6,8 @@ mod ceil_pool;
 
 /// tract's NNEF reader and writer with the `kiln` extension registered: [`crate::Attention`]
 /// (`kiln_attention`), [`crate::LinearI8`] (`kiln_linear_i8`) and [`crate::LinearBf16`]
-/// (`kiln_linear_bf16`) of format version 2 graphs and later, and [`crate::QuantizeRows`]
+/// (`kiln_linear_bf16`) of format version 2 graphs and later, [`crate::AttentionBf16`]
+/// (`kiln_attention_bf16`) of version 4 bf16 graphs, and [`crate::QuantizeRows`]
 /// (`kiln_quantize_rows`) of version 1 int8 graphs; it also writes pools in ONNX ceil mode as plain NNEF
 /// pools, which tract's writer would get wrong. What reads and writes every kiln graph, so int8 and bf16
 /// artifacts and ONNX imports round-trip.

@@ -26,7 +26,7 @@ pub(crate) struct PackedBf16<'a> {
 }
 
 /// `tdpbf16ps`: pairs of bf16 into f32 sums.
-struct Bf16Product;
+pub(super) struct Bf16Product;
 
 tile_product!(Bf16Product, "tdpbf16ps", f32);
 
@@ -63,7 +63,7 @@ pub(crate) fn linear_bf16(layer: &PackedBf16, values: &[f32], out: &mut [f32]) {
         let padded = &mut buffer[offset..][..len];
         for (values, row) in values.chunks_exact(layer.k).zip(padded.chunks_exact_mut(width)) {
             // SAFETY: `available` checked AVX-512 F and BF16.
-            unsafe { convert_row(values, row) };
+            unsafe { convert_row(values, 1.0, row) };
         }
         padded[rows * width..].fill(0);
         let a = PaddedRows { bytes: as_bytes(padded), width: width * 2, rows };
@@ -80,18 +80,20 @@ pub(crate) fn linear_bf16(layer: &PackedBf16, values: &[f32], out: &mut [f32]) {
 }
 
 /// The bytes of bf16 values.
-fn as_bytes(values: &[u16]) -> &[u8] {
+pub(super) fn as_bytes(values: &[u16]) -> &[u8] {
     // SAFETY: any u16 is two initialized bytes, and u8's alignment is 1.
     unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, values.len() * 2) }
 }
 
-/// Rounds `values` to bf16 into `row` (`values.len()` rounded up to 32), zeros past them.
-/// `vcvtneps2bf16` rounds as [`crate::linear_bf16::bf16_bits`] does (to nearest even, subnormals to zero).
+/// Rounds `values` times `scale` (an f32 product) to bf16 into `row` (`values.len()` rounded up to 32),
+/// zeros past them. `vcvtneps2bf16` rounds as [`crate::linear_bf16::bf16_bits`] does (to nearest
+/// even, subnormals to zero); a scale of 1 leaves the values as they are.
 ///
 /// # Safety
 /// The CPU has AVX-512 F and BF16.
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn convert_row(values: &[f32], row: &mut [u16]) {
+pub(super) unsafe fn convert_row(values: &[f32], scale: f32, row: &mut [u16]) {
+    let scale = _mm512_set1_ps(scale);
     for (i, chunk) in row.chunks_exact_mut(LANES).enumerate() {
         let first = i * LANES;
         let count = values.len().saturating_sub(first).min(LANES);
@@ -99,7 +101,7 @@ unsafe fn convert_row(values: &[f32], row: &mut [u16]) {
         // values of `chunk`.
         unsafe {
             let x = _mm512_maskz_loadu_ps((1u32 << count).wrapping_sub(1) as u16, values.as_ptr().add(first));
-            let bf16 = _mm512_cvtneps_pbh(x);
+            let bf16 = _mm512_cvtneps_pbh(_mm512_mul_ps(x, scale));
             _mm256_storeu_si256(
                 chunk.as_mut_ptr() as *mut __m256i,
                 std::mem::transmute::<__m256bh, __m256i>(bf16),
@@ -211,7 +213,7 @@ mod tests {
         values.extend([0.0, -0.0, -2.5, f32::NAN, f32::MAX, f32::MIN_POSITIVE]);
         let mut row = vec![0xffff; values.len().next_multiple_of(32)];
         // SAFETY: `available` checked AVX-512 F and BF16.
-        unsafe { convert_row(&values, &mut row) };
+        unsafe { convert_row(&values, 1.0, &mut row) };
         for (&v, &bits) in values.iter().zip(&row) {
             assert_eq!(bits, bf16_bits(v), "{v:e} ({:#x})", v.to_bits());
         }

@@ -18,6 +18,7 @@
 
 #![allow(unsafe_code)]
 
+pub(crate) mod attention;
 pub(crate) mod bf16;
 pub(crate) mod int8;
 

@@ -187,7 +187,7 @@ mod tests {
     }
 
     /// The content digest of the sample artifact (`crate::fixture::publish_sample`).
-    const SAMPLE_CONTENT_DIGEST: &str = "3e665bc0918f9c3ac60acefa3e9c238d400a2b4ff6bebfe02b9b7c711d57b850";
+    const SAMPLE_CONTENT_DIGEST: &str = "462fb16becf0d462fb5ae5ec1fe1446f8acbec53574d9f97c336325f964b04a5";
 
     fn open_err(dir: &Path) -> Result<ArtifactError, Box<dyn std::error::Error>> {
         match Artifact::open(dir) {
@@ -340,16 +340,22 @@ mod tests {
     }
 
     /// A build that bumps the version keeps reading every older one, upgrading the preprocessing that
-    /// versions 1 and 2 wrote (resize straight to the graph's size, rescale/mean/std) to the same steps.
+    /// versions 1 and 2 wrote (resize straight to the graph's size, rescale/mean/std) to the same steps;
+    /// version 3 wrote the steps themselves.
     #[test]
     fn every_older_format_version_is_read() -> TestResult {
         let (_base, dir) = sample_version()?;
         let current = Artifact::open(&dir)?.manifest().preprocess.clone();
+        let steps = serde_json::to_value(&current)?;
         for version in 1..FORMAT_VERSION {
             rewrite_manifest(&dir, |m| {
                 m["format_version"] = version.into();
-                m["preprocess"] = serde_json::json!({"resize": "pil", "resample": "bilinear",
-                    "rescale_factor": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]});
+                m["preprocess"] = if version < 3 {
+                    serde_json::json!({"resize": "pil", "resample": "bilinear", "rescale_factor": 1.0 / 255.0,
+                        "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+                } else {
+                    steps.clone()
+                };
             })?;
             let artifact = Artifact::open(&dir)?;
             assert_eq!(artifact.manifest().format_version, version);

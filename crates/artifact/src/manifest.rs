@@ -13,7 +13,7 @@ use crate::layout::check_file_name;
 ///
 /// Bumped whenever a reader built for the previous version could misread an artifact; with unknown fields
 /// denied that is any schema change (rules in `FORMAT.md`).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// File name of the manifest inside a version directory.
 pub const MANIFEST_FILE: &str = "manifest.json";

@@ -298,7 +298,11 @@ impl Encoder<'_> {
         let k = project("key", k_bias, 1.0)?;
         let v = project("value", v_bias, 1.0)?;
         let context = match bias {
-            // The runtime's fused attention: scores, softmax and context per head, in cache.
+            // The runtime's fused attention: scores, softmax and context per head, in cache; on bf16
+            // operands in bf16 graphs, like their linear layers.
+            None if self.precision == Precision::Bf16 => {
+                g.op(&name("context"), runtime::AttentionBf16, &[q, k, v])?
+            }
             None => g.op(&name("context"), runtime::Attention, &[q, k, v])?,
             Some(bias) => {
                 let scores = g.einsum(&name("scores"), "nqhd,nkhd->nhqk", &[q, k])?;

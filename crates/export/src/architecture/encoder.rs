@@ -299,8 +299,9 @@ impl Encoder<'_> {
         let v = project("value", v_bias, 1.0)?;
         let context = match bias {
             // The runtime's fused attention: scores, softmax and context per head, in cache; on bf16
-            // operands in bf16 graphs, like their linear layers.
-            None if self.precision == Precision::Bf16 => {
+            // operands in bf16 graphs, like their linear layers, and in int8 graphs, as OpenVINO runs
+            // what it does not quantize in bf16 on AMX CPUs.
+            None if matches!(self.precision, Precision::Bf16 | Precision::Int8) => {
                 g.op(&name("context"), runtime::AttentionBf16, &[q, k, v])?
             }
             None => g.op(&name("context"), runtime::Attention, &[q, k, v])?,

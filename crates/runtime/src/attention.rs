@@ -68,11 +68,7 @@ impl TypedOp for Attention {
     /// 64), the operation becomes tract's einsum, softmax and einsum, whose kernels beat the portable
     /// path by far.
     fn codegen(&self, model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
-        let size = model.outlet_fact(node.inputs[0])?.shape[3].to_usize();
-        if size.is_ok_and(|size| Kernel::detect(size) != Kernel::Portable) {
-            return Ok(None);
-        }
-        lower_to_tract(model, node).map(Some)
+        lower_unless(model, node, |size| Kernel::detect(size) != Kernel::Portable)
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -115,11 +111,7 @@ impl TypedOp for AttentionBf16 {
     /// softmax and einsum on the operands as they are (not rounded), as [`crate::LinearBf16`] becomes
     /// tract's f32 matmul: far faster than the portable path, and at least as accurate.
     fn codegen(&self, model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
-        let size = model.outlet_fact(node.inputs[0])?.shape[3].to_usize();
-        if size.is_ok_and(|size| amx_runs(size) || Kernel::detect(size) != Kernel::Portable) {
-            return Ok(None);
-        }
-        lower_to_tract(model, node).map(Some)
+        lower_unless(model, node, |size| amx_runs(size) || Kernel::detect(size) != Kernel::Portable)
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -204,6 +196,20 @@ fn attend(inputs: &[TValue], operands: Operands) -> TractResult<TVec<TValue>> {
         }
     }
     Ok(tvec!(output.into_tvalue()))
+}
+
+/// Both operations' codegen: kept where `kiln_runs` the head size (known when the plan is built), else
+/// [`lower_to_tract`].
+fn lower_unless(
+    model: &TypedModel,
+    node: &TypedNode,
+    kiln_runs: impl Fn(usize) -> bool,
+) -> TractResult<Option<TypedModelPatch>> {
+    let size = model.outlet_fact(node.inputs[0])?.shape[3].to_usize();
+    if size.is_ok_and(kiln_runs) {
+        return Ok(None);
+    }
+    lower_to_tract(model, node).map(Some)
 }
 
 /// The operation in tract's operators: scores by einsum, softmax over the keys, context by einsum.

@@ -336,7 +336,11 @@ fn linear_layer(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Line
         return Ok(None);
     }
     let n = weight.shape()[if layout == Layout::OutIn { 0 } else { ws.len() - 1 }];
-    Ok(Some(LinearLayer { layout, k: weight.len() / n.max(1), n }))
+    // An empty product (no input or no output) stays tract's: the packed layer refuses rows of nothing.
+    if weight.len() == 0 {
+        return Ok(None);
+    }
+    Ok(Some(LinearLayer { layout, k: weight.len() / n, n }))
 }
 
 /// The patch replacing the layer `node` (and the addition of its bias, when there is one) by a packed
@@ -506,6 +510,26 @@ mod tests {
         for (g, e) in got.iter().zip(&expected) {
             assert!((g - e).abs() <= scale * 1e-5, "{g} against tract's {e}");
         }
+        Ok(())
+    }
+
+    /// A layer over rows of no value stays tract's (the packed layer refuses such rows) and computes
+    /// the bias.
+    #[test]
+    fn an_empty_product_is_left_to_tract() -> TestResult {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, 3, 0]))?;
+        let weight = model.add_const("w", Tensor::zero::<f32>(&[4, 0])?)?;
+        let einsum = EinSum::new("abi,oi->abo".parse()?, f32::datum_type());
+        let y = model.wire_node("linear", einsum, &[x, weight])?[0];
+        let bias = model.add_const("b", Tensor::from_shape(&[1, 1, 4], &[1f32, 2.0, 3.0, 4.0])?)?;
+        let y = model.wire_node("linear.bias", math::add(), &[y, bias])?;
+        model.select_output_outlets(&y)?;
+        let optimized = crate::optimize(model)?;
+        assert!(!optimized.nodes().iter().any(|n| n.op.name() == "PackedLinearF32"), "{optimized}");
+        let got = optimized.into_runnable()?.run(tvec!(Tensor::zero::<f32>(&[1, 3, 0])?.into_tvalue()))?;
+        let got: Vec<f32> = got[0].to_plain_array_view::<f32>()?.iter().copied().collect();
+        assert_eq!(got, [1.0, 2.0, 3.0, 4.0].repeat(3));
         Ok(())
     }
 }

@@ -111,3 +111,32 @@ fn int8_export_keeps_the_reference_top1() -> anyhow::Result<()> {
     ensure!(max_diff <= INT8_CONFIDENCE_TOLERANCE, "int8 confidence moved by {max_diff}");
     Ok(())
 }
+
+/// Every batch size gives each image the answer it gets alone, bit for bit: on two threads, even
+/// batches spread whole images over the threads, and the odd image left over runs last on both.
+#[test]
+fn batches_of_every_size_answer_as_images_alone() -> anyhow::Result<()> {
+    let (_base, version_dir) = export(&fixture("models/tiny-vit/model.safetensors"), &[])?;
+    let options = runtime::RuntimeOptions { threads: 2, ..runtime::RuntimeOptions::default() };
+    let model = runtime::Model::load_with(&version_dir, options)?;
+    let reference = Reference::load("tiny-vit")?;
+    let images = reference
+        .images
+        .iter()
+        .map(|r| Ok(model.prepare(&std::fs::read(fixture(&r.image))?)?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    ensure!(images.len() >= 5, "only {} reference images", images.len());
+    let alone: Vec<_> =
+        images.iter().map(|i| model.infer(std::slice::from_ref(i))).collect::<Result<_, _>>()?;
+    for size in 2..=5 {
+        let batch = model.infer(&images[..size])?;
+        for (i, (got, expected)) in batch.iter().zip(&alone).enumerate() {
+            let expected = &expected[0];
+            ensure!(
+                got.label == expected.label && got.confidence.to_bits() == expected.confidence.to_bits(),
+                "batch of {size}, image {i}: {got:?}, alone {expected:?}"
+            );
+        }
+    }
+    Ok(())
+}

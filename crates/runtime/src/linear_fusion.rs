@@ -72,7 +72,7 @@ impl Normalize {
                 // tract's row sum: its kernel from 4 values, a plain sum below.
                 let total = if k >= 4 { sum.run(row)? } else { row.iter().sum() };
                 let mean = total * self.mean_scale;
-                row.iter_mut().for_each(|x| *x -= mean);
+                wide(|| row.iter_mut().for_each(|x| *x -= mean));
                 rms_norm(row, self.eps);
             }
             compute(rows)
@@ -97,7 +97,7 @@ impl Epilogue {
             Epilogue::Gelu => gelu(out)?,
             Epilogue::Residual => {
                 let residual = residual.context("a residual epilogue without its residual input")?;
-                out.iter_mut().zip(residual).for_each(|(y, r)| *y += r);
+                wide(|| out.iter_mut().zip(residual).for_each(|(y, r)| *y += r));
             }
         }
         Ok(())
@@ -112,11 +112,32 @@ fn gelu(values: &mut [f32]) -> TractResult<()> {
     let mut scratch = [0f32; CHUNK];
     for chunk in values.chunks_mut(CHUNK) {
         let scaled = &mut scratch[..chunk.len()];
-        scaled.iter_mut().zip(chunk.iter()).for_each(|(s, x)| *s = *x * c);
+        wide(|| scaled.iter_mut().zip(chunk.iter()).for_each(|(s, x)| *s = *x * c));
         erf.run(scaled)?;
-        chunk.iter_mut().zip(scaled.iter()).for_each(|(x, e)| *x = (*x * 0.5) * (*e + 1.0));
+        wide(|| chunk.iter_mut().zip(scaled.iter()).for_each(|(x, e)| *x = (*x * 0.5) * (*e + 1.0)));
     }
     Ok(())
+}
+
+/// Runs `body` compiled for AVX-512 F where the CPU has it. The crate is compiled for baseline
+/// x86-64, where the plain loops around the packed layers vectorize 4 floats wide (SSE, 5 % of the
+/// int8 ViT-B/16's time in the GELU epilogue's two loops alone); inlined into an AVX-512 function they
+/// vectorize wider, with the same operation on each value, so the same bits.
+#[inline(always)]
+fn wide<R>(body: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F.
+        #[allow(unsafe_code)]
+        return unsafe { avx512(body) };
+    }
+    body()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn avx512<R>(body: impl FnOnce() -> R) -> R {
+    body()
 }
 
 /// The binary operation of a node, in any of the forms tract's plan gives it, when its output keeps

@@ -423,7 +423,7 @@ mod vnni {
 #[derive(Default)]
 struct PackedActivations {
     /// From `start`, row-major, `ceil(k / 4) * 4` bytes a row of `x_q + 128` (unsigned, as
-    /// `vpdpbusd` wants; the padding inputs are 0 + 128, against zero weights). For AMX, rows of
+    /// `vpdpbusd` wants; the padding inputs hold anything, against zero weights). For AMX, rows of
     /// [`crate::amx::int8::row_width`] bytes, as many as whole blocks take.
     rows: Vec<u8>,
     /// Where the rows start: the first 64-byte boundary, so that no tile row straddles two cache lines.
@@ -445,8 +445,12 @@ impl PackedActivations {
             Kernel::Amx => (crate::amx::int8::row_width(k), rows.next_multiple_of(crate::amx::BLOCK)),
             _ => (k.div_ceil(4) * 4, rows),
         };
-        self.rows.clear();
-        self.rows.resize(padded_rows * width + 63, 128);
+        // The bytes past each row's `k` meet zero weights and the rows past `rows` give outputs no one
+        // stores, so the buffer keeps what it holds: filling it on every call cost a pass over it.
+        let len = padded_rows * width + 63;
+        if self.rows.len() < len {
+            self.rows.resize(len, 128);
+        }
         self.start = self.rows.as_ptr().align_offset(64);
         self.scales.clear();
         let packed = &mut self.rows[self.start..];

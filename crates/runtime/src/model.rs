@@ -229,9 +229,10 @@ impl Model {
         };
         let threads = pool.current_num_threads();
         let left_over = images.len() % threads;
-        let (spread, left_over) = match 2 * left_over <= threads {
-            true => images.split_at(images.len() - left_over),
-            false => (images, &images[images.len()..]),
+        let (spread, left_over) = if 2 * left_over <= threads {
+            images.split_at(images.len() - left_over)
+        } else {
+            (images, &images[images.len()..])
         };
         let mut predictions = self.spread(pool, spread);
         predictions.extend(one_at_a_time(left_over));

@@ -83,7 +83,11 @@ fn linear(c: &mut Criterion) {
                 bias.clone(),
             ];
             let model = kiln_linear(m, k, runtime::LinearI8, operands);
-            bench_model(&mut group, "kiln LinearI8", model, tvec!(input.clone()));
+            bench_model(&mut group, "kiln LinearI8", model.clone(), tvec!(input.clone()));
+            if m > 1 {
+                let two = Executor::multithread(2);
+                bench_model_on(&mut group, "kiln LinearI8, 2 threads", model, tvec!(input.clone()), two);
+            }
 
             let operands = vec![runtime::LinearBf16::weights(&weight).expect("bf16"), bias.clone()];
             let model = kiln_linear(m, k, runtime::LinearBf16, operands);

@@ -15,7 +15,7 @@ use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math;
 
 use crate::linear_fusion::Fusion;
-use crate::packed_linear::{self, CHANNELS, PackedLayer, PackedLinear};
+use crate::packed_linear::{self, CHANNELS, CacheLines, PackedLayer, PackedLinear};
 
 /// The NNEF fragment name of [`LinearBf16`].
 const PRIMITIVE: &str = "kiln_linear_bf16";
@@ -134,7 +134,7 @@ fn lower_to_tract(
 pub(crate) struct PackedWeights {
     k: usize,
     n: usize,
-    blocks: Vec<u16>,
+    blocks: CacheLines<u16>,
     /// Per channel (padded): the bias.
     bias: Vec<f32>,
 }
@@ -148,7 +148,7 @@ impl PackedWeights {
         let values = plain.as_slice::<u16>()?;
         let bias = packed_linear::padded_channels("linear_bf16", bias, n, "bias")?;
         let pairs = k.div_ceil(2);
-        let mut blocks = vec![0u16; n.div_ceil(CHANNELS) * pairs * CHANNELS * 2];
+        let mut blocks = CacheLines::zeroed(n.div_ceil(CHANNELS) * pairs * CHANNELS * 2);
         for (o, row) in values.chunks_exact(k.max(1)).take(n).enumerate() {
             let (group, channel) = (o / CHANNELS, o % CHANNELS);
             for (i, &w) in row.iter().enumerate() {

@@ -19,7 +19,7 @@ use tract_core::ops::math;
 
 use crate::QuantizeRows;
 use crate::linear_fusion::Fusion;
-use crate::packed_linear::{self, CHANNELS, PackedLayer, PackedLinear};
+use crate::packed_linear::{self, CHANNELS, CacheLines, PackedLayer, PackedLinear};
 use crate::quantize::quantize_row;
 
 /// The NNEF fragment name of [`LinearI8`].
@@ -113,7 +113,7 @@ fn lower_to_tract(
 pub(crate) struct PackedWeights {
     k: usize,
     n: usize,
-    blocks: Vec<i8>,
+    blocks: CacheLines<i8>,
     /// Per channel (padded): `128 * sum_k w`, what the `+128` that makes activations unsigned adds.
     offsets: Vec<i32>,
     /// Per channel (padded): the weight scale.
@@ -134,7 +134,7 @@ impl PackedWeights {
             |tensor: &Tensor, what: &str| packed_linear::padded_channels("linear_i8", tensor, n, what);
         let (scales, bias) = (per_channel(scale, "scale")?, per_channel(bias, "bias")?);
         let quads = k.div_ceil(4);
-        let mut blocks = vec![0i8; n.div_ceil(CHANNELS) * quads * CHANNELS * 4];
+        let mut blocks = CacheLines::zeroed(n.div_ceil(CHANNELS) * quads * CHANNELS * 4);
         let mut offsets = vec![0i32; scales.len()];
         for (o, row) in values.chunks_exact(k.max(1)).take(n).enumerate() {
             let (group, channel) = (o / CHANNELS, o % CHANNELS);

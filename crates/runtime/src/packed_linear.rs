@@ -195,6 +195,71 @@ pub(crate) fn padded_channels(
     Ok(padded)
 }
 
+/// Packed weights on whole cache lines, zero-initialized. An AMX tile row or AVX-512 load that
+/// straddles two lines costs several plain ones (`tileloadd` of 16 rows of 64 bytes: 2.5 ns on
+/// lines, 15.5 ns across them, on the CPU kiln is measured on), and the system allocator hands a
+/// large `Vec` out 16 bytes past a page.
+#[derive(Clone)]
+pub(crate) struct CacheLines<T> {
+    lines: Vec<CacheLine>,
+    len: usize,
+    element: std::marker::PhantomData<T>,
+}
+
+/// 64 bytes on a 64-byte boundary.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct CacheLine([u8; 64]);
+
+/// Element types a [`CacheLines`] holds: plain integers, for which every bit pattern (zero
+/// included) is a value and whose alignment divides 64.
+///
+/// # Safety
+/// Implementors have no padding, no invalid bit patterns and an alignment of at most 64.
+#[allow(unsafe_code)]
+pub(crate) unsafe trait LineElement: Copy {}
+
+// SAFETY: plain integers of 1 and 2 bytes.
+#[allow(unsafe_code)]
+unsafe impl LineElement for i8 {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl LineElement for u16 {}
+
+#[allow(unsafe_code)]
+impl<T: LineElement> CacheLines<T> {
+    /// `len` zeros.
+    pub(crate) fn zeroed(len: usize) -> CacheLines<T> {
+        let lines = vec![CacheLine([0; 64]); (len * size_of::<T>()).div_ceil(64)];
+        CacheLines { lines, len, element: std::marker::PhantomData }
+    }
+}
+
+#[allow(unsafe_code)]
+impl<T: LineElement> std::ops::Deref for CacheLines<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        // SAFETY: the lines hold at least `len` elements' bytes, initialized, suitably aligned
+        // (`LineElement`), and any bytes are valid `T`s.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const T, self.len) }
+    }
+}
+
+#[allow(unsafe_code)]
+impl<T: LineElement> std::ops::DerefMut for CacheLines<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as for `deref`, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut T, self.len) }
+    }
+}
+
+impl<T: LineElement + Debug> Debug for CacheLines<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLines").field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
 /// A layer with its weights packed: what the optimized plan runs. Never serialized. Its inputs are
 /// the rows, then the residual when its epilogue adds one.
 #[derive(Debug)]
@@ -338,5 +403,24 @@ pub(crate) mod testing {
         let mut out = vec![f32::NAN; x.len() / layer.inputs() * layer.outputs()];
         super::compute(layer, &Fusion::default(), x, None, kernel, &mut out)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CacheLines;
+
+    #[test]
+    fn cache_lines_start_on_a_line_and_hold_their_zeros() {
+        for len in [1, 63, 64, 65, 100_003] {
+            let mut bytes = CacheLines::<i8>::zeroed(len);
+            assert_eq!(bytes.as_ptr() as usize % 64, 0, "{len} i8");
+            assert_eq!(bytes.len(), len);
+            assert!(bytes.iter().all(|&b| b == 0));
+            bytes[len - 1] = -1;
+            assert_eq!(bytes.clone()[len - 1], -1);
+            let pairs = CacheLines::<u16>::zeroed(len);
+            assert_eq!((pairs.as_ptr() as usize % 64, pairs.len()), (0, len), "{len} u16");
+        }
     }
 }

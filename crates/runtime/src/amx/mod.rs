@@ -116,6 +116,19 @@ enum RowTiles {
     Upper,
 }
 
+/// Where a block's loop fetches the next group's weights ahead, into L2: `lines` cache lines a step
+/// from `next`. A layer's weights come from memory once per image, and a tile load that waits for
+/// them stalls the tile unit; spread over the blocks of the group before, they arrive in time (on
+/// the AMX loop alone, a ViT-B/16 image's int8 layers from memory: 18.3 ms without, 13.5 ms with,
+/// 11.3 ms with the weights in cache).
+#[derive(Clone, Copy)]
+struct Prefetch {
+    /// The first line; prefetching never faults, so it may run past the weights.
+    next: *const u8,
+    /// Lines a step; 0 for none.
+    lines: usize,
+}
+
 /// A tile product instruction and the 32-bit sums it accumulates.
 trait TileProduct {
     /// `f32` or `i32`.
@@ -123,13 +136,30 @@ trait TileProduct {
 
     /// Adds to tmm0-3 (rows 0-15 and 16-31 of a block by channels 0-15 and 16-31 of a group; only
     /// tmm0-1 for [`RowTiles::Upper`]) the products of the block's rows (`a`, `lda` bytes apart) and
-    /// the group's `weights` (16 units of [`CHANNELS`] per step) over `steps` steps of 64 bytes.
+    /// the group's `weights` (16 units of [`CHANNELS`] per step) over `steps` steps of 64 bytes,
+    /// prefetching `prefetch.lines` lines a step from `prefetch.next` on.
     ///
     /// # Safety
     /// The CPU has the instruction, tiles configured with [`TILE_CONFIG`], `steps > 0`; `a` is 32
     /// readable rows of `steps * 64` bytes, `weights` `steps * 16` readable units.
-    unsafe fn accumulate(tiles: RowTiles, a: *const u8, lda: usize, weights: *const u8, steps: usize);
+    unsafe fn accumulate(
+        tiles: RowTiles,
+        a: *const u8,
+        lda: usize,
+        weights: *const u8,
+        steps: usize,
+        prefetch: Prefetch,
+    );
 }
+
+/// The step of a [`TileProduct`] loop that prefetches `{lines}` lines from `{next}` on (a
+/// [`Prefetch`]), counting in `{count}`.
+macro_rules! prefetch_lines {
+    () => {
+        "mov {count}, {lines}\n test {count}, {count}\n jz 4f\n 3:\n prefetcht1 [{next}]\n add {next}, 64\n dec {count}\n jnz 3b\n 4:"
+    };
+}
+pub(crate) use prefetch_lines;
 
 /// A [`TileProduct`] named `$product` for the instruction `$instruction` summing into `$sum`: the one
 /// loop both members run, written once.
@@ -144,6 +174,7 @@ macro_rules! tile_product {
                 lda: usize,
                 weights: *const u8,
                 steps: usize,
+                prefetch: $crate::amx::Prefetch,
             ) {
                 use std::arch::asm;
                 const LDB: usize = $crate::packed_linear::CHANNELS * 4;
@@ -159,6 +190,7 @@ macro_rules! tile_product {
                             "tileloadd tmm7, [{b} + {ldb}*1 + 64]",
                             concat!($instruction, " tmm0, tmm4, tmm6"),
                             concat!($instruction, " tmm1, tmm4, tmm7"),
+                            $crate::amx::prefetch_lines!(),
                             "add {a}, 64",
                             "add {b}, {step}",
                             "dec {steps}",
@@ -166,6 +198,9 @@ macro_rules! tile_product {
                             a = inout(reg) a => _,
                             b = inout(reg) weights => _,
                             steps = inout(reg) steps => _,
+                            next = inout(reg) prefetch.next => _,
+                            count = out(reg) _,
+                            lines = in(reg) prefetch.lines,
                             lda = in(reg) lda,
                             ldb = in(reg) LDB,
                             step = const STEP,
@@ -183,6 +218,7 @@ macro_rules! tile_product {
                         concat!($instruction, " tmm1, tmm4, tmm7"),
                         concat!($instruction, " tmm2, tmm5, tmm6"),
                         concat!($instruction, " tmm3, tmm5, tmm7"),
+                        $crate::amx::prefetch_lines!(),
                         "add {a}, 64",
                         "add {lower}, 64",
                         "add {b}, {step}",
@@ -192,6 +228,9 @@ macro_rules! tile_product {
                         lower = inout(reg) a.byte_add($crate::amx::TILE_ROWS * lda) => _,
                         b = inout(reg) weights => _,
                         steps = inout(reg) steps => _,
+                        next = inout(reg) prefetch.next => _,
+                        count = out(reg) _,
+                        lines = in(reg) prefetch.lines,
                         lda = in(reg) lda,
                         ldb = in(reg) LDB,
                         step = const STEP,
@@ -262,7 +301,21 @@ unsafe fn compute<P: TileProduct>(
                 tail.0[..group_bytes - whole].copy_from_slice(&weights[whole..]);
                 tail.0[group_bytes - whole..].fill(0);
             }
-            for first in (slice..rows.min(slice + slice_rows)).step_by(BLOCK) {
+            let slice_end = rows.min(slice + slice_rows);
+            // The next group's lines, an equal share at every step of this group's blocks.
+            let block_steps = steps + usize::from(tail_units > 0);
+            let group_steps = (slice_end - slice).div_ceil(BLOCK) * block_steps;
+            let (next, lines) = match b.blocks.get((group + 1) * group_bytes..) {
+                Some(next) if group + 1 < b.groups => {
+                    (next.as_ptr(), (group_bytes / 64).div_ceil(group_steps))
+                }
+                _ => (weights.as_ptr(), 0),
+            };
+            for (index, first) in (slice..slice_end).step_by(BLOCK).enumerate() {
+                let prefetch = |step: usize| Prefetch {
+                    next: next.wrapping_add((index * block_steps + step) * lines * 64),
+                    lines,
+                };
                 let rows_a = a.bytes[first * width..].as_ptr();
                 // SAFETY: per `compute`'s contract, the row block holds `steps` (and the tail's)
                 // steps of both tiles of rows, `weights` `steps` steps and `tail` one; `sums` is 32
@@ -277,10 +330,11 @@ unsafe fn compute<P: TileProduct>(
                     );
                     let tiles = if rows - first > TILE_ROWS { RowTiles::Both } else { RowTiles::Upper };
                     if steps > 0 {
-                        P::accumulate(tiles, rows_a, width, weights.as_ptr(), steps);
+                        P::accumulate(tiles, rows_a, width, weights.as_ptr(), steps, prefetch(0));
                     }
                     if tail_units > 0 {
-                        P::accumulate(tiles, rows_a.add(steps * STEP_BYTES), width, tail.0.as_ptr(), 1);
+                        let (a, tail) = (rows_a.add(steps * STEP_BYTES), tail.0.as_ptr());
+                        P::accumulate(tiles, a, width, tail, 1, prefetch(steps));
                     }
                     asm!(
                         "tilestored [{c} + {stride}*1], tmm0",

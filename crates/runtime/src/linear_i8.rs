@@ -314,13 +314,14 @@ mod vnni {
     pub fn available() -> bool {
         is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512vnni")
     }
 
     /// [`super::quantize_row`] stored as `x_q + 128`, in two AVX-512 passes: the scale is computed
     /// the same way and `vcvtps2dq` rounds to nearest even as the portable rounding trick does, so
     /// both give the same bytes.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub fn quantize_row(values: &[f32], out: &mut [u8]) -> f32 {
         debug_assert_eq!(values.len(), out.len());
         let chunks = values.chunks(LANES);

@@ -13,6 +13,7 @@
 mod amx;
 mod attention;
 mod image;
+mod layer_norm;
 mod linear_bf16;
 mod linear_f32;
 mod linear_fusion;

@@ -63,20 +63,26 @@ impl Normalize {
         k: usize,
         compute: impl FnOnce(&[f32]) -> TractResult<()>,
     ) -> TractResult<()> {
-        let sum = Func::ReduceSum.reduce_f32()?;
-        let rms_norm = tract_linalg::routines::rms_norm_f32()?;
         NORMALIZED.with_borrow_mut(|rows| {
             rows.clear();
             rows.extend_from_slice(values);
-            for row in rows.chunks_exact_mut(k) {
-                // tract's row sum: its kernel from 4 values, a plain sum below.
-                let total = if k >= 4 { sum.run(row)? } else { row.iter().sum() };
-                let mean = total * self.mean_scale;
-                wide(|| row.iter_mut().for_each(|x| *x -= mean));
-                rms_norm(row, self.eps);
-            }
+            self.normalize(rows, k)?;
             compute(rows)
         })
+    }
+
+    /// Normalizes the rows of `rows` (`k` wide) in place.
+    pub(crate) fn normalize(&self, rows: &mut [f32], k: usize) -> TractResult<()> {
+        let sum = Func::ReduceSum.reduce_f32()?;
+        let rms_norm = tract_linalg::routines::rms_norm_f32()?;
+        for row in rows.chunks_exact_mut(k) {
+            // tract's row sum: its kernel from 4 values, a plain sum below.
+            let total = if k >= 4 { sum.run(row)? } else { row.iter().sum() };
+            let mean = total * self.mean_scale;
+            wide(|| row.iter_mut().for_each(|x| *x -= mean));
+            rms_norm(row, self.eps);
+        }
+        Ok(())
     }
 }
 
@@ -161,21 +167,27 @@ fn scalar(model: &TypedModel, outlet: OutletId) -> TractResult<Option<f32>> {
 }
 
 /// When `node`'s input is kiln's layer norm of rows `x`, read by `node` alone: `x` and the
-/// normalization. A norm with several readers (a block's query, key and value) stays a node of its own:
-/// normalizing once, on both threads (tract splits its rows too), costs less than normalizing in
-/// each reader's prologue.
+/// normalization. A norm with several readers (a block's query, key and value) becomes an
+/// operation of its own ([`crate::layer_norm::LayerNorm`]): normalizing once costs less than
+/// normalizing in each reader's prologue.
 pub(crate) fn layer_norm_before(
     model: &TypedModel,
     node: &TypedNode,
 ) -> TractResult<Option<(OutletId, Normalize)>> {
-    let norm = model.node(node.inputs[0].node);
+    let norm = node.inputs[0];
+    if model.node(norm.node).outputs[0].successors.len() != 1 || model.output_outlets()?.contains(&norm) {
+        return Ok(None);
+    }
+    layer_norm(model, norm)
+}
+
+/// When `outlet` is kiln's layer norm as tract's plan computes it (the chain [`Normalize`]
+/// describes, over the last axis): the rows it normalizes and the normalization.
+pub(crate) fn layer_norm(model: &TypedModel, outlet: OutletId) -> TractResult<Option<(OutletId, Normalize)>> {
+    let norm = model.node(outlet.node);
     let Some(rms) = norm.op_as::<RmsNorm>() else { return Ok(None) };
-    let rank = model.outlet_fact(node.inputs[0])?.rank();
-    if rms.axis + 1 != rank
-        || rms.eps.len() != 1
-        || norm.outputs[0].successors.len() != 1
-        || model.output_outlets()?.contains(&node.inputs[0])
-    {
+    let rank = model.outlet_fact(outlet)?.rank();
+    if rms.axis + 1 != rank || rms.eps.len() != 1 {
         return Ok(None);
     }
     let eps = rms.eps.cast_to_scalar::<f32>()?;
@@ -361,6 +373,28 @@ mod tests {
                     Ok(t.to_plain_array_view::<f32>()?.iter().map(|v| v.to_bits()).collect())
                 };
                 assert_eq!(values(&got[0])?, values(&expected)?, "int8 {int8}");
+            }
+        }
+        Ok(())
+    }
+
+    /// kiln's plan makes the norm read twice one `LayerNorm` operation, with the bits of the chain it
+    /// replaces, on one thread or two (rows split as the layers split them: 29 rows, 24 and 5).
+    #[test]
+    fn a_norm_read_twice_is_one_operation_of_the_same_bits() -> TestResult {
+        for int8 in [true, false] {
+            let model = block(int8)?;
+            let x = Tensor::from_shape(&[1, ROWS, K], &pseudo_random(ROWS * K, 7))?;
+            let expected =
+                model.clone().into_decluttered()?.into_runnable()?.run(tvec!(x.clone().into_tvalue()))?;
+            let optimized = crate::optimize(model)?;
+            let ops: Vec<String> = optimized.nodes().iter().map(|n| n.op.name().to_string()).collect();
+            let count = |name: &str| ops.iter().filter(|op| op.as_str() == name).count();
+            assert_eq!((count("LayerNorm"), count("RmsNorm")), (1, 0), "int8 {int8}: {ops:?}");
+            let plan = optimized.into_runnable()?;
+            for executor in [Executor::SingleThread, Executor::multithread(2)] {
+                let got = multithread_tract_scope(executor, || plan.run(tvec!(x.clone().into_tvalue())))?;
+                got[0].close_enough(&expected[0], Approximation::Exact)?;
             }
         }
         Ok(())

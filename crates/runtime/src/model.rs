@@ -71,11 +71,13 @@ pub enum RuntimeError {
 
 /// Compiles a kiln graph for this machine as [`Model`] does: tract's declutter, the linear layers of
 /// f32 graphs given kiln's AVX-512 kernel where the CPU has it, then tract's codegen, which packs
-/// kiln's int8 and bf16 layers and fuses the operations around every packed layer.
+/// kiln's int8 and bf16 layers and fuses the operations around every packed layer, then the layer
+/// norms left as chains of nodes made one operation each.
 pub fn optimize(mut model: TypedModel) -> TractResult<TypedModel> {
     model.declutter()?;
     model.transform(&crate::linear_f32::PackF32Linears)?;
     model.optimize()?;
+    model.transform(&crate::layer_norm::PlanLayerNorms)?;
     Ok(model)
 }
 

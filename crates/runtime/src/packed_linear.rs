@@ -131,8 +131,8 @@ pub(crate) fn apply<L: PackedLayer>(
 
 /// Computes `out` (`rows x n`) from the rows of `values` with `kernel`, with `fusion`'s prologue and
 /// epilogue (`residual`, shaped like `out`, is what [`Epilogue::Residual`] adds). Under a
-/// multi-threaded tract executor the rows are split between its threads in whole tiles, each thread
-/// computing its own, so the fused work is split too.
+/// multi-threaded tract executor the rows are split between its threads ([`row_split`]), each
+/// thread computing its own, so the fused work is split too.
 pub(crate) fn compute<L: PackedLayer>(
     layer: &L,
     fusion: &Fusion,
@@ -142,7 +142,6 @@ pub(crate) fn compute<L: PackedLayer>(
     out: &mut [f32],
 ) -> TractResult<()> {
     let (k, n) = (layer.inputs(), layer.outputs());
-    let tiles = (out.len() / n).div_ceil(TOKENS);
     let slice = |first: usize, out: &mut [f32], values: &[f32]| -> TractResult<()> {
         let residual = residual.map(|r| &r[first..][..out.len()]);
         match &fusion.normalize {
@@ -154,18 +153,31 @@ pub(crate) fn compute<L: PackedLayer>(
         }
         fusion.epilogue.apply(out, residual)
     };
+    match row_split(out.len() / n) {
+        Some((pool, rows)) => pool.install(|| {
+            use rayon::prelude::*;
+            out.par_chunks_mut(rows * n)
+                .zip(values.par_chunks(rows * k))
+                .enumerate()
+                .try_for_each(|(i, (out, values))| slice(i * rows * n, out, values))
+        }),
+        None => slice(0, out, values),
+    }
+}
+
+/// How operations split `rows` rows between the current tract executor's threads: its pool and the
+/// rows of each thread's share (whole tiles of [`TOKENS`]), or `None` to run on the calling thread.
+/// Every operation that splits rows splits them this way, so that a row stays in the cache of the
+/// core that wrote it (reading 600 KB another core just wrote took 35-52 us here, 4 us from the
+/// reader's own cache).
+pub(crate) fn row_split(rows: usize) -> Option<(Arc<rayon::ThreadPool>, usize)> {
+    let tiles = rows.div_ceil(TOKENS);
     match current_tract_executor() {
         Executor::MultiThread(pool) if tiles > 1 => {
-            let rows = tiles.div_ceil(pool.current_num_threads().min(tiles)) * TOKENS;
-            pool.install(|| {
-                use rayon::prelude::*;
-                out.par_chunks_mut(rows * n)
-                    .zip(values.par_chunks(rows * k))
-                    .enumerate()
-                    .try_for_each(|(i, (out, values))| slice(i * rows * n, out, values))
-            })
+            let share = tiles.div_ceil(pool.current_num_threads().min(tiles)) * TOKENS;
+            Some((pool, share))
         }
-        _ => slice(0, out, values),
+        _ => None,
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tract_core::internal::*;
 use tract_core::model::translator::Translate;
-use tract_linalg::multithread::{Executor, multithread_tract_scope};
+use tract_linalg::multithread::Executor;
 
 fn main() -> TractResult<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,24 +54,15 @@ fn main() -> TractResult<()> {
     for run in 0..=runs {
         let started = Instant::now();
         let mut timings: Vec<(usize, Duration)> = vec![];
-        let mut go = || {
-            multithread_tract_scope(executor.clone(), || {
-                state.run_plan_with_eval(
-                    tvec!(input.clone().into_tvalue()),
-                    |session, op_state, node, inputs| {
-                        let started = Instant::now();
-                        let outputs = tract_core::plan::eval(session, op_state, node, inputs);
-                        timings.push((node.id, started.elapsed()));
-                        outputs
-                    },
-                )
+        // As `Model` runs an image: on one of the pool's threads, the others awake.
+        outputs = runtime::run_on(&executor, || {
+            state.run_plan_with_eval(tvec!(input.clone().into_tvalue()), |session, op_state, node, inputs| {
+                let started = Instant::now();
+                let outputs = tract_core::plan::eval(session, op_state, node, inputs);
+                timings.push((node.id, started.elapsed()));
+                outputs
             })
-        };
-        // On one of the pool's threads, as `Model` runs an image.
-        outputs = match &executor {
-            Executor::MultiThread(pool) => pool.install(go)?,
-            _ => go()?,
-        };
+        })?;
         // The first run warms caches and allocations up and is not counted, but its time is the
         // first request's latency.
         if run == 0 {

@@ -3,7 +3,8 @@
 //! The public surface is [`Model`]: [`Model::load`] verifies and compiles an artifact, [`Model::prepare`]
 //! turns one input string (base64 or raw image bytes: JPEG, PNG, WebP, GIF, BMP, TIFF) into the graph's
 //! input image, [`Model::infer`] runs a batch of prepared images, and [`Model::predict`] does both for a batch of
-//! strings, giving each instance its own result. [`nnef`] is the graph reader and writer every kiln graph
+//! strings, giving each instance its own result; [`run_on`] runs work on a tract executor the way `Model` runs an image
+//! (the profiler's way in). [`nnef`] is the graph reader and writer every kiln graph
 //! goes through: tract's, plus kiln's operations ([`Attention`]; [`LinearI8`] in int8 graphs;
 //! [`LinearBf16`] and [`AttentionBf16`] in bf16 graphs; [`QuantizeRows`] in format version 1 int8 graphs).
 
@@ -12,6 +13,7 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 mod attention;
+mod executor;
 mod image;
 mod layer_norm;
 mod linear_bf16;
@@ -25,6 +27,7 @@ mod progress;
 mod quantize;
 
 pub use self::attention::{Attention, AttentionBf16};
+pub use self::executor::run_on;
 pub use self::image::{ImageLimits, InstanceError, PreparedImage, prepare};
 pub use self::linear_bf16::LinearBf16;
 pub use self::linear_i8::LinearI8;

@@ -215,15 +215,7 @@ impl Model {
             )));
         }
         let one_at_a_time = |images: &[PreparedImage]| -> Vec<Result<Prediction, RuntimeError>> {
-            let run = || {
-                multithread_tract_scope(self.executor.clone(), || {
-                    images.iter().map(|i| self.infer_one(i)).collect()
-                })
-            };
-            match &self.executor {
-                Executor::MultiThread(pool) => pool.install(run),
-                _ => run(),
-            }
+            crate::run_on(&self.executor, || images.iter().map(|i| self.infer_one(i)).collect())
         };
         let pool = match &self.executor {
             Executor::MultiThread(pool) if images.len() > 1 => pool,

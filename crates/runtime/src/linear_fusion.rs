@@ -5,9 +5,10 @@
 //! tract already splits those operations' rows between the executor's threads; as nodes of their own
 //! they still cost a pass over the activations each (four for a layer norm) and a hand-off to the
 //! threads. Fused, they run on the rows each thread of the layer computes: on the int8 ViT-B/16 the
-//! plan drops from 294 nodes to 211. The arithmetic is tract's own, with tract's kernels in the same
-//! order (the row sum, `x - sum * c`, the RMS normalization, `erf`), so a fused plan computes the same
-//! bits as the unfused one. Nothing here is serialized: artifacts keep the graph's plain operations,
+//! plan drops from 294 nodes to 211. The arithmetic is tract's own, in the same order (the row sum,
+//! `x - sum * c`, the RMS normalization, `erf`, with tract's kernels except for the row sum, whose
+//! additions are tract's in order, several rows at once), so a fused plan computes the same bits as
+//! the unfused one. Nothing here is serialized: artifacts keep the graph's plain operations,
 //! and every plan finds the fusions again.
 
 use std::cell::RefCell;
@@ -73,17 +74,77 @@ impl Normalize {
 
     /// Normalizes the rows of `rows` (`k` wide) in place.
     pub(crate) fn normalize(&self, rows: &mut [f32], k: usize) -> TractResult<()> {
-        let sum = Func::ReduceSum.reduce_f32()?;
         let rms_norm = tract_linalg::routines::rms_norm_f32()?;
-        for row in rows.chunks_exact_mut(k) {
-            // tract's row sum: its kernel from 4 values, a plain sum below.
-            let total = if k >= 4 { sum.run(row)? } else { row.iter().sum() };
-            let mean = total * self.mean_scale;
-            wide(|| row.iter_mut().for_each(|x| *x -= mean));
-            rms_norm(row, self.eps);
-        }
-        Ok(())
+        SUMS.with_borrow_mut(|sums| -> TractResult<()> {
+            row_sums(rows, k, sums)?;
+            for (row, &total) in rows.chunks_exact_mut(k).zip(sums.iter()) {
+                let mean = total * self.mean_scale;
+                wide(|| row.iter_mut().for_each(|x| *x -= mean));
+                rms_norm(row, self.eps);
+            }
+            Ok(())
+        })
     }
+}
+
+thread_local! {
+    /// Each thread's row sums, kept between calls.
+    static SUMS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Rows summed together, one per AVX-512 lane.
+const LANES: usize = 16;
+
+/// The sums of the rows of `rows` (`k` wide) into `sums`, as tract's row sum computes them: its
+/// kernel from 4 values, a plain sum below. On x86-64 that kernel is tract's portable one, which
+/// sums a row on 16-byte boundaries whose length is a multiple of 4 one value after the other, one
+/// add per add's latency (4 % of the int8 ViT-B/16's time on one thread); such rows are summed here
+/// [`LANES`] at a time, one per lane, each in the same order, so to the same bits.
+fn row_sums(rows: &[f32], k: usize, sums: &mut Vec<f32>) -> TractResult<()> {
+    let sum = Func::ReduceSum.reduce_f32()?;
+    sums.clear();
+    let mut rest = rows;
+    #[cfg(target_arch = "x86_64")]
+    if k.is_multiple_of(4) && rows.as_ptr().align_offset(16) == 0 && is_x86_feature_detected!("avx512f") {
+        let whole = rows.len() / (k * LANES) * k * LANES;
+        for lanes in rows[..whole].chunks_exact(k * LANES) {
+            // SAFETY: the CPU has AVX-512 F; `lanes` holds `LANES` rows of `k` values.
+            #[allow(unsafe_code)]
+            sums.extend(unsafe { avx512_sums(lanes, k) });
+        }
+        rest = &rows[whole..];
+    }
+    for row in rest.chunks_exact(k) {
+        sums.push(if k >= 4 { sum.run(row)? } else { row.iter().sum() });
+    }
+    Ok(())
+}
+
+/// The in-order sums of the [`LANES`] rows of `rows` (`k` wide), then `0 + sum` as tract's kernel
+/// wrapper adds its neutral value.
+///
+/// # Safety
+/// The CPU has AVX-512 F, and `rows` holds `LANES * k` values.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_sums(rows: &[f32], k: usize) -> [f32; LANES] {
+    use std::arch::x86_64::*;
+    debug_assert!(rows.len() >= LANES * k && LANES * k <= i32::MAX as usize);
+    let first: [i32; LANES] = std::array::from_fn(|lane| (lane * k) as i32);
+    // SAFETY: `first` is 16 i32.
+    let mut index = unsafe { _mm512_loadu_si512(first.as_ptr().cast()) };
+    let one = _mm512_set1_epi32(1);
+    let mut sum = _mm512_set1_ps(-0.0);
+    for _ in 0..k {
+        // SAFETY: every index is below `LANES * k`, within `rows`.
+        sum = _mm512_add_ps(sum, unsafe { _mm512_i32gather_ps::<4>(index, rows.as_ptr().cast()) });
+        index = _mm512_add_epi32(index, one);
+    }
+    let mut sums = [0f32; LANES];
+    // SAFETY: 16 f32 into 16 f32.
+    unsafe { _mm512_storeu_ps(sums.as_mut_ptr(), _mm512_add_ps(_mm512_setzero_ps(), sum)) };
+    sums
 }
 
 impl Epilogue {
@@ -373,6 +434,32 @@ mod tests {
                     Ok(t.to_plain_array_view::<f32>()?.iter().map(|v| v.to_bits()).collect())
                 };
                 assert_eq!(values(&got[0])?, values(&expected)?, "int8 {int8}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Row sums have tract's kernel's bits for every row count, width and alignment: whole groups of
+    /// 16 aligned rows in lanes, the others by the kernel itself.
+    #[test]
+    fn row_sums_have_the_bits_of_tracts_row_sum() -> TestResult {
+        let kernel = Func::ReduceSum.reduce_f32()?;
+        let mut sums = vec![];
+        for k in [1, 3, 4, 5, 8, 48, 768] {
+            for rows in [1, 15, 16, 17, 33] {
+                let values = pseudo_random(rows * k + 4, k + rows);
+                let boundary = values.as_ptr().align_offset(16);
+                // Rows from a 16-byte boundary, then one value past it.
+                for start in [boundary, boundary + 1] {
+                    let rows_of = &values[start..][..rows * k];
+                    super::row_sums(rows_of, k, &mut sums)?;
+                    let expected: Vec<u32> = rows_of
+                        .chunks_exact(k)
+                        .map(|row| Ok(if k >= 4 { kernel.run(row)? } else { row.iter().sum() }.to_bits()))
+                        .collect::<TractResult<_>>()?;
+                    let got: Vec<u32> = sums.iter().map(|s| s.to_bits()).collect();
+                    assert_eq!(got, expected, "{rows} rows of {k} from value {start}");
+                }
             }
         }
         Ok(())

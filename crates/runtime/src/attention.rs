@@ -142,7 +142,7 @@ fn amx_runs(size: usize) -> bool {
 }
 
 /// Both operations' evaluation: every head of every batch element, spread over tract's executor
-/// threads, then copied into place.
+/// threads, each copying its heads into place.
 fn attend(inputs: &[TValue], operands: Operands) -> TractResult<TVec<TValue>> {
     let shape = inputs[0].shape().to_vec();
     ensure!(shape.len() == 4, "attention takes [batch, tokens, heads, head size], found {shape:?}");
@@ -175,25 +175,33 @@ fn attend(inputs: &[TValue], operands: Operands) -> TractResult<TVec<TValue>> {
     let jobs: Vec<(usize, usize)> =
         (0..shape[0]).flat_map(|n| (0..layout.heads).map(move |h| (n, h))).collect();
     let context = Context { layout, q, k, v, round_probabilities: operands == Operands::Bf16 };
-    let run = |&(n, h): &(usize, usize)| {
+    // Each job's rows of the output: its head's `size` values of every token, in token order.
+    let mut destinations: Vec<Vec<&mut [f32]>> = jobs.iter().map(|_| vec![]).collect();
+    for (i, values) in out.chunks_exact_mut(size).enumerate() {
+        let (n, h) = (i / (layout.tokens * layout.heads), i % layout.heads);
+        destinations[n * layout.heads + h].push(values);
+    }
+    // The thread that computed a head stores it, where it is still in cache.
+    let run = |(&(n, h), destination): (&(usize, usize), &mut Vec<&mut [f32]>)| {
         #[cfg(target_arch = "x86_64")]
-        if amx {
+        let head = if amx {
             let [q, k, v] = [q, k, v].map(|x| &x[n * per_batch..][..per_batch]);
-            return crate::amx::attention::head(q, k, v, layout.tokens, layout.heads, size, h);
+            crate::amx::attention::head(q, k, v, layout.tokens, layout.heads, size, h)
+        } else {
+            context.head(n * per_batch, h)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let head = context.head(n * per_batch, h);
+        for (out, values) in destination.iter_mut().zip(head.chunks_exact(size)) {
+            out.copy_from_slice(values);
         }
-        context.head(n * per_batch, h)
     };
-    let heads: Vec<Vec<f32>> = match current_tract_executor() {
+    match current_tract_executor() {
         Executor::MultiThread(pool) if jobs.len() > 1 => pool.install(|| {
             use rayon::prelude::*;
-            jobs.par_iter().map(run).collect()
+            jobs.par_iter().zip(destinations.par_iter_mut()).for_each(run)
         }),
-        _ => jobs.iter().map(run).collect(),
-    };
-    for (&(n, h), head) in jobs.iter().zip(&heads) {
-        for (t, values) in head.chunks_exact(size).enumerate() {
-            out[n * per_batch + layout.at(t, h)..][..size].copy_from_slice(values);
-        }
+        _ => jobs.iter().zip(destinations.iter_mut()).for_each(run),
     }
     Ok(tvec!(output.into_tvalue()))
 }

@@ -40,10 +40,13 @@ thread_local! {
     static BUFFERS: RefCell<Buffers> = RefCell::default();
 }
 
-/// A buffer of `len` zeros starting on a cache line, within `buffer`.
+/// A buffer of `len` values starting on a cache line, within `buffer`, holding what the last head
+/// left: every row a head computes with is written whole, and the padding rows of a block give
+/// sums no one stores, so nothing needs zeros (filling them was a pass over each buffer per head).
 fn aligned(buffer: &mut Vec<u16>, len: usize) -> &mut [u16] {
-    buffer.clear();
-    buffer.resize(len + 32, 0);
+    if buffer.len() < len + 32 {
+        buffer.resize(len + 32, 0);
+    }
     let offset = buffer.as_ptr().align_offset(64);
     &mut buffer[offset..][..len]
 }
@@ -74,9 +77,9 @@ pub(crate) fn head(
             // SAFETY: `available` checked AVX-512 F and BF16.
             unsafe { convert_row(&q[at(t)..][..size], 1.0, &mut queries[t * query_width..][..query_width]) };
         }
+        // Keys past `tokens` keep what they hold: their scores are never read.
         let packed_keys = &mut buffers.keys;
-        packed_keys.clear();
-        packed_keys.resize(keys * size, 0);
+        packed_keys.resize(packed_keys.len().max(keys * size), 0);
         let row = &mut buffers.key;
         row.resize(size, 0);
         for s in 0..tokens {

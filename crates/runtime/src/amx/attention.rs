@@ -67,6 +67,25 @@ pub(crate) fn head(
     h: usize,
 ) -> Vec<f32> {
     assert!(available(size), "AMX attention on a CPU or OS without AMX-BF16, or a head size of {size}");
+    // SAFETY: `available` checked AVX-512 F, BF16 and BW.
+    unsafe { head_on_avx512(q, k, v, tokens, heads, size, h) }
+}
+
+/// [`head`], compiled for AVX-512 so that the conversion of each short row (a head's 64 values)
+/// is inlined instead of called.
+///
+/// # Safety
+/// The CPU and OS run AMX attention on heads of `size` ([`available`]).
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+unsafe fn head_on_avx512(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    tokens: usize,
+    heads: usize,
+    size: usize,
+    h: usize,
+) -> Vec<f32> {
     let at = |t: usize| (t * heads + h) * size;
     let keys = tokens.next_multiple_of(CHANNELS);
     let (pairs, key_pairs) = (size / 2, keys / 2);

@@ -181,18 +181,17 @@ fn attend(inputs: &[TValue], operands: Operands) -> TractResult<TVec<TValue>> {
         let (n, h) = (i / (layout.tokens * layout.heads), i % layout.heads);
         destinations[n * layout.heads + h].push(values);
     }
+    let head = |n: usize, h: usize| -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if amx {
+            let [q, k, v] = [q, k, v].map(|x| &x[n * per_batch..][..per_batch]);
+            return crate::amx::attention::head(q, k, v, layout.tokens, layout.heads, size, h);
+        }
+        context.head(n * per_batch, h)
+    };
     // The thread that computed a head stores it, where it is still in cache.
     let run = |(&(n, h), destination): (&(usize, usize), &mut Vec<&mut [f32]>)| {
-        #[cfg(target_arch = "x86_64")]
-        let head = if amx {
-            let [q, k, v] = [q, k, v].map(|x| &x[n * per_batch..][..per_batch]);
-            crate::amx::attention::head(q, k, v, layout.tokens, layout.heads, size, h)
-        } else {
-            context.head(n * per_batch, h)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let head = context.head(n * per_batch, h);
-        for (out, values) in destination.iter_mut().zip(head.chunks_exact(size)) {
+        for (out, values) in destination.iter_mut().zip(head(n, h).chunks_exact(size)) {
             out.copy_from_slice(values);
         }
     };

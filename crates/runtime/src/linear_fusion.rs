@@ -105,7 +105,11 @@ fn row_sums(rows: &[f32], k: usize, sums: &mut Vec<f32>) -> TractResult<()> {
     sums.clear();
     let mut rest = rows;
     #[cfg(target_arch = "x86_64")]
-    if k.is_multiple_of(4) && rows.as_ptr().align_offset(16) == 0 && is_x86_feature_detected!("avx512f") {
+    if k >= 4
+        && k.is_multiple_of(4)
+        && rows.as_ptr().align_offset(16) == 0
+        && is_x86_feature_detected!("avx512f")
+    {
         let whole = rows.len() / (k * LANES) * k * LANES;
         for lanes in rows[..whole].chunks_exact(k * LANES) {
             // SAFETY: the CPU has AVX-512 F; `lanes` holds `LANES` rows of `k` values.
@@ -236,7 +240,9 @@ pub(crate) fn layer_norm_before(
     node: &TypedNode,
 ) -> TractResult<Option<(OutletId, Normalize)>> {
     let norm = node.inputs[0];
-    if model.node(norm.node).outputs[0].successors.len() != 1 || model.output_outlets()?.contains(&norm) {
+    if model.node(norm.node).outputs[norm.slot].successors.len() != 1
+        || model.output_outlets()?.contains(&norm)
+    {
         return Ok(None);
     }
     layer_norm(model, norm)

@@ -238,7 +238,6 @@ unsafe impl LineElement for i8 {}
 #[allow(unsafe_code)]
 unsafe impl LineElement for u16 {}
 
-#[allow(unsafe_code)]
 impl<T: LineElement> CacheLines<T> {
     /// `len` zeros.
     pub(crate) fn zeroed(len: usize) -> CacheLines<T> {

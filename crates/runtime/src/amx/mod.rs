@@ -305,11 +305,10 @@ unsafe fn compute<P: TileProduct>(
             // The next group's lines, an equal share at every step of this group's blocks.
             let block_steps = steps + usize::from(tail_units > 0);
             let group_steps = (slice_end - slice).div_ceil(BLOCK) * block_steps;
-            let (next, lines) = match b.blocks.get((group + 1) * group_bytes..) {
-                Some(next) if group + 1 < b.groups => {
-                    (next.as_ptr(), (group_bytes / 64).div_ceil(group_steps))
-                }
-                _ => (weights.as_ptr(), 0),
+            let (next, lines) = if group + 1 < b.groups {
+                (b.blocks[(group + 1) * group_bytes..].as_ptr(), (group_bytes / 64).div_ceil(group_steps))
+            } else {
+                (weights.as_ptr(), 0)
             };
             for (index, first) in (slice..slice_end).step_by(BLOCK).enumerate() {
                 let prefetch = |step: usize| Prefetch {

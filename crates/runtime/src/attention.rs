@@ -185,7 +185,9 @@ fn attend(inputs: &[TValue], operands: Operands) -> TractResult<TVec<TValue>> {
         #[cfg(target_arch = "x86_64")]
         if amx {
             let [q, k, v] = [q, k, v].map(|x| &x[n * per_batch..][..per_batch]);
-            return crate::amx::attention::head(q, k, v, layout.tokens, layout.heads, size, h);
+            // SAFETY: `amx_runs` checked that this CPU and OS run AMX attention on heads of `size`.
+            #[allow(unsafe_code)]
+            return unsafe { crate::amx::attention::head(q, k, v, layout.tokens, layout.heads, size, h) };
         }
         context.head(n * per_batch, h)
     };
@@ -836,7 +838,9 @@ mod tests {
             Context { layout, q: &rounded[0], k: &rounded[1], v: &rounded[2], round_probabilities: true };
         let largest = views[2].iter().fold(0f32, |m, v| m.max(v.abs()));
         for h in 0..2 {
-            let amx = crate::amx::attention::head(&views[0], &views[1], &views[2], 197, 2, 64, h);
+            // SAFETY: checked above that this CPU and OS run AMX attention on heads of 64.
+            #[allow(unsafe_code)]
+            let amx = unsafe { crate::amx::attention::head(&views[0], &views[1], &views[2], 197, 2, 64, h) };
             let f32_kernels = context.head(0, h);
             let worst = amx.iter().zip(&f32_kernels).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst <= largest * 2f32.powi(-12), "head {h}: max |amx - f32 kernels| {worst}");

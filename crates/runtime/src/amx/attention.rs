@@ -53,31 +53,13 @@ fn aligned(buffer: &mut Vec<u16>, len: usize) -> &mut [u16] {
 
 /// Head `h`'s context, `[tokens][size]`, of one batch element whose operands are `[tokens][heads][size]`
 /// f32: `softmax(bf16(q) . bf16(k)) . bf16(v)` with the probabilities rounded to bf16, products summed
-/// in f32.
-///
-/// # Panics
-/// If the CPU or OS does not run it ([`available`]).
-pub(crate) fn head(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    tokens: usize,
-    heads: usize,
-    size: usize,
-    h: usize,
-) -> Vec<f32> {
-    assert!(available(size), "AMX attention on a CPU or OS without AMX-BF16, or a head size of {size}");
-    // SAFETY: `available` checked AVX-512 F, BF16 and BW.
-    unsafe { head_on_avx512(q, k, v, tokens, heads, size, h) }
-}
-
-/// [`head`], compiled for AVX-512 so that the conversion of each short row (a head's 64 values)
-/// is inlined instead of called.
+/// in f32. Compiled for AVX-512, so that the conversion of each short row (a head's 64 values) is
+/// inlined instead of called.
 ///
 /// # Safety
 /// The CPU and OS run AMX attention on heads of `size` ([`available`]).
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-unsafe fn head_on_avx512(
+pub(crate) unsafe fn head(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -86,6 +68,7 @@ unsafe fn head_on_avx512(
     size: usize,
     h: usize,
 ) -> Vec<f32> {
+    debug_assert!(available(size));
     let at = |t: usize| (t * heads + h) * size;
     let keys = tokens.next_multiple_of(CHANNELS);
     let (pairs, key_pairs) = (size / 2, keys / 2);

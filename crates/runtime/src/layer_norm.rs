@@ -6,7 +6,7 @@
 //! the RMS normalization): on two threads, 2 ms of the int8 ViT-B/16's 31 ms per image, after which
 //! the readers' second thread read its rows from the first core's cache. This operation normalizes
 //! with the same arithmetic, so the same bits, on the rows each thread of the packed layers computes
-//! ([`crate::packed_linear::row_split`]). It exists only in optimized plans; artifacts keep the
+//! ([`crate::packed_linear::by_rows`]). It exists only in optimized plans; artifacts keep the
 //! graph's plain operations.
 
 use tract_core::transform::ModelTransform;
@@ -43,22 +43,12 @@ impl EvalOp for LayerNorm {
         // threads without gaps.
         #[allow(unsafe_code)]
         let mut output = unsafe { Tensor::uninitialized::<f32>(input.shape())? };
-        let normalize = |out: &mut [f32], values: &[f32]| {
-            out.copy_from_slice(values);
-            self.0.normalize(out, k)
-        };
         {
             let mut view = output.try_as_plain_ram_mut()?;
-            let out = view.as_slice_mut::<f32>()?;
-            match packed_linear::row_split(values.len() / k) {
-                Some((pool, rows)) => pool.install(|| {
-                    use rayon::prelude::*;
-                    out.par_chunks_mut(rows * k)
-                        .zip(values.par_chunks(rows * k))
-                        .try_for_each(|(o, v)| normalize(o, v))
-                })?,
-                None => normalize(out, values)?,
-            }
+            packed_linear::by_rows(values, k, view.as_slice_mut::<f32>()?, k, |_, values, out| {
+                out.copy_from_slice(values);
+                self.0.normalize(out, k)
+            })?;
         }
         Ok(tvec!(output.into_tvalue()))
     }

@@ -131,7 +131,7 @@ pub(crate) fn apply<L: PackedLayer>(
 
 /// Computes `out` (`rows x n`) from the rows of `values` with `kernel`, with `fusion`'s prologue and
 /// epilogue (`residual`, shaped like `out`, is what [`Epilogue::Residual`] adds). Under a
-/// multi-threaded tract executor the rows are split between its threads ([`row_split`]), each
+/// multi-threaded tract executor the rows are split between its threads ([`by_rows`]), each
 /// thread computing its own, so the fused work is split too.
 pub(crate) fn compute<L: PackedLayer>(
     layer: &L,
@@ -153,31 +153,35 @@ pub(crate) fn compute<L: PackedLayer>(
         }
         fusion.epilogue.apply(out, residual)
     };
-    match row_split(out.len() / n) {
-        Some((pool, rows)) => pool.install(|| {
-            use rayon::prelude::*;
-            out.par_chunks_mut(rows * n)
-                .zip(values.par_chunks(rows * k))
-                .enumerate()
-                .try_for_each(|(i, (out, values))| slice(i * rows * n, out, values))
-        }),
-        None => slice(0, out, values),
-    }
+    by_rows(values, k, out, n, |first, values, out| slice(first * n, out, values))
 }
 
-/// How operations split `rows` rows between the current tract executor's threads: its pool and the
-/// rows of each thread's share (whole tiles of [`TOKENS`]), or `None` to run on the calling thread.
-/// Every operation that splits rows splits them this way, so that a row stays in the cache of the
-/// core that wrote it (reading 600 KB another core just wrote took 35-52 us here, 4 us from the
-/// reader's own cache).
-pub(crate) fn row_split(rows: usize) -> Option<(Arc<rayon::ThreadPool>, usize)> {
-    let tiles = rows.div_ceil(TOKENS);
+/// Runs `work(first row, its rows of values, its rows of out)` on each thread's share of the rows
+/// of `values` (`k` wide) and `out` (`n` wide) under the current tract executor: whole tiles of
+/// [`TOKENS`] rows, or everything on the calling thread. Every operation that splits rows splits
+/// them here, so that a row stays in the cache of the core that wrote it (reading 600 KB another
+/// core just wrote took 35-52 us here, 4 us from the reader's own cache).
+pub(crate) fn by_rows(
+    values: &[f32],
+    k: usize,
+    out: &mut [f32],
+    n: usize,
+    work: impl Fn(usize, &[f32], &mut [f32]) -> TractResult<()> + Sync,
+) -> TractResult<()> {
+    let tiles = (values.len() / k).div_ceil(TOKENS);
     match current_tract_executor() {
         Executor::MultiThread(pool) if tiles > 1 => {
-            let share = tiles.div_ceil(pool.current_num_threads().min(tiles)) * TOKENS;
-            Some((pool, share))
+            let rows = tiles.div_ceil(pool.current_num_threads().min(tiles)) * TOKENS;
+            pool.install(|| {
+                use rayon::prelude::*;
+                values
+                    .par_chunks(rows * k)
+                    .zip(out.par_chunks_mut(rows * n))
+                    .enumerate()
+                    .try_for_each(|(i, (values, out))| work(i * rows, values, out))
+            })
         }
-        _ => None,
+        _ => work(0, values, out),
     }
 }
 

@@ -14,7 +14,7 @@ use tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_nnef::internal::*;
 
-use crate::linear_bf16::{bf16_bits, bf16_value};
+use crate::linear_bf16::round_to_bf16;
 
 /// The NNEF fragment name of [`Attention`].
 const PRIMITIVE: &str = "kiln_attention";
@@ -154,13 +154,6 @@ fn attend(inputs: &[TValue], operands: Operands) -> TractResult<TVec<TValue>> {
     let (q, k, v) = (q?, k?, v?);
     let size = shape[3];
     let amx = operands == Operands::Bf16 && amx_runs(size);
-    // Without AMX, bf16 operands are the f32 kernels' on operands rounded to bf16 first.
-    let rounded: Option<[Vec<f32>; 3]> = (operands == Operands::Bf16 && !amx)
-        .then(|| [q, k, v].map(|x| x.iter().map(|&x| bf16_value(bf16_bits(x))).collect()));
-    let (q, k, v) = match &rounded {
-        Some([q, k, v]) => (&q[..], &k[..], &v[..]),
-        None => (q, k, v),
-    };
     let layout = Layout { tokens: shape[1], heads: shape[2], size: shape[3] };
     // SAFETY: every value is written below: each head of each batch element is a job, and each
     // job's context covers every token of its head.
@@ -174,28 +167,29 @@ fn attend(inputs: &[TValue], operands: Operands) -> TractResult<TVec<TValue>> {
     let per_batch = layout.tokens * layout.heads * layout.size;
     let jobs: Vec<(usize, usize)> =
         (0..shape[0]).flat_map(|n| (0..layout.heads).map(move |h| (n, h))).collect();
-    let context = Context { layout, q, k, v, round_probabilities: operands == Operands::Bf16 };
+    // Without AMX, bf16 operands are the f32 kernels' on operands rounded to bf16 as each head copies them.
+    let context = Context { layout, q, k, v, bf16: operands == Operands::Bf16 && !amx };
     // Each job's rows of the output: its head's `size` values of every token, in token order.
     let mut destinations: Vec<Vec<&mut [f32]>> = jobs.iter().map(|_| vec![]).collect();
     for (i, values) in out.chunks_exact_mut(size).enumerate() {
         let (n, h) = (i / (layout.tokens * layout.heads), i % layout.heads);
         destinations[n * layout.heads + h].push(values);
     }
-    let head = |n: usize, h: usize| -> Vec<f32> {
+    // The thread that computed a head stores it, where it is still in cache.
+    let run = |(&(n, h), destination): (&(usize, usize), &mut Vec<&mut [f32]>)| {
         #[cfg(target_arch = "x86_64")]
         if amx {
             let [q, k, v] = [q, k, v].map(|x| &x[n * per_batch..][..per_batch]);
             // SAFETY: `amx_runs` checked that this CPU and OS run AMX attention on heads of `size`.
             #[allow(unsafe_code)]
-            return unsafe { crate::amx::attention::head(q, k, v, layout.tokens, layout.heads, size, h) };
+            let values =
+                unsafe { crate::amx::attention::head(q, k, v, layout.tokens, layout.heads, size, h) };
+            for (out, values) in destination.iter_mut().zip(values.chunks_exact(size)) {
+                out.copy_from_slice(values);
+            }
+            return;
         }
-        context.head(n * per_batch, h)
-    };
-    // The thread that computed a head stores it, where it is still in cache.
-    let run = |(&(n, h), destination): (&(usize, usize), &mut Vec<&mut [f32]>)| {
-        for (out, values) in destination.iter_mut().zip(head(n, h).chunks_exact(size)) {
-            out.copy_from_slice(values);
-        }
+        context.head(n * per_batch, h, destination)
     };
     match current_tract_executor() {
         Executor::MultiThread(pool) if jobs.len() > 1 => pool.install(|| {
@@ -257,8 +251,8 @@ struct Context<'a> {
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
-    /// Whether the probabilities are rounded to bf16 before the context product.
-    round_probabilities: bool,
+    /// Whether the query, key, value and probabilities are rounded to bf16 before their products.
+    bf16: bool,
 }
 
 /// A head's work buffers, kept by each thread between calls.
@@ -272,6 +266,18 @@ struct HeadBuffers {
     scores: Vec<f32>,
     /// One context tile before it is stored.
     tile: Vec<f32>,
+    /// The head's values rounded to bf16, `[tokens][size]` (f32 values are read in place).
+    values: Vec<f32>,
+}
+
+/// The first `len` values of `buffer`, holding what the last head left: every value a head reads is
+/// written first, and padding rows and keys give scores no one reads, so nothing needs zeros
+/// (filling them was a pass over 180 KB per ViT-B head).
+fn reused(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
 }
 
 thread_local! {
@@ -279,17 +285,16 @@ thread_local! {
 }
 
 impl Context<'_> {
-    /// Computes head `h` of the batch element starting at `base`: its context, `[tokens][size]`.
-    fn head(&self, base: usize, h: usize) -> Vec<f32> {
-        let Layout { tokens, size, .. } = self.layout;
+    /// Computes head `h` of the batch element starting at `base` into `out`, its context: one row of
+    /// `size` values per token.
+    fn head(&self, base: usize, h: usize, out: &mut [&mut [f32]]) {
+        let Layout { tokens, heads, size } = self.layout;
         let rows = tokens.div_ceil(SCORE_ROWS) * SCORE_ROWS;
         let keys = tokens.div_ceil(SCORE_KEYS) * SCORE_KEYS;
         BUFFERS.with_borrow_mut(|buffers| {
-            let HeadBuffers { query, keys: keys_t, scores, tile } = buffers;
-            query.clear();
-            query.resize(rows * size, 0.0);
-            keys_t.clear();
-            keys_t.resize(size * keys, 0.0);
+            let HeadBuffers { query, keys: keys_t, scores, tile, values } = buffers;
+            let query = reused(query, rows * size);
+            let keys_t = reused(keys_t, size * keys);
             for t in 0..tokens {
                 let at = base + self.layout.at(t, h);
                 query[t * size..][..size].copy_from_slice(&self.q[at..][..size]);
@@ -297,8 +302,11 @@ impl Context<'_> {
                     keys_t[d * keys + t] = k;
                 }
             }
-            scores.clear();
-            scores.resize(rows * keys, 0.0);
+            if self.bf16 {
+                round_to_bf16(&mut query[..tokens * size]);
+                round_to_bf16(keys_t);
+            }
+            let scores = reused(scores, rows * keys);
             let kernel = Kernel::detect(size);
             for first in (0..rows).step_by(SCORE_ROWS) {
                 for key in (0..keys).step_by(SCORE_KEYS) {
@@ -310,33 +318,40 @@ impl Context<'_> {
                     }
                 }
             }
+            // The context reads the probabilities of the first `tokens` keys only.
             for row in scores.chunks_exact_mut(keys).take(tokens) {
-                let (live, padding) = row.split_at_mut(tokens);
+                let live = &mut row[..tokens];
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx512 => softmax_avx512(live),
                     Kernel::Portable => softmax_portable(live),
                 }
-                if self.round_probabilities {
-                    live.iter_mut().for_each(|p| *p = bf16_value(bf16_bits(*p)));
+                if self.bf16 {
+                    round_to_bf16(live);
                 }
-                padding.fill(0.0);
             }
-            tile.clear();
-            tile.resize(CONTEXT_ROWS * size, 0.0);
-            let mut context = Vec::with_capacity(tokens * size);
+            let (values, stride) = if self.bf16 {
+                let values = reused(values, tokens * size);
+                for (t, row) in values.chunks_exact_mut(size).enumerate() {
+                    row.copy_from_slice(&self.v[base + self.layout.at(t, h)..][..size]);
+                }
+                round_to_bf16(values);
+                (&values[..], size)
+            } else {
+                (&self.v[base + self.layout.at(0, h)..], heads * size)
+            };
+            let tile = reused(tile, CONTEXT_ROWS * size);
             for first in (0..tokens).step_by(CONTEXT_ROWS) {
-                let count = CONTEXT_ROWS.min(tokens - first);
-                let block =
-                    ContextBlock { scores, keys, tokens, v: &self.v[base..], layout: self.layout, h, first };
+                let block = ContextBlock { scores, keys, tokens, values, stride, size, first };
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx512 => block.compute_avx512(tile),
                     Kernel::Portable => block.compute_portable(tile),
                 }
-                context.extend_from_slice(&tile[..count * size]);
+                for (out, row) in out[first..].iter_mut().zip(tile.chunks_exact(size).take(CONTEXT_ROWS)) {
+                    out.copy_from_slice(row);
+                }
             }
-            context
         })
     }
 }
@@ -402,17 +417,17 @@ struct ContextBlock<'a> {
     scores: &'a [f32],
     keys: usize,
     tokens: usize,
-    /// The batch element's values.
-    v: &'a [f32],
-    layout: Layout,
-    h: usize,
+    /// The head's values: token `s`'s `size` values from `s * stride`.
+    values: &'a [f32],
+    stride: usize,
+    size: usize,
     first: usize,
 }
 
 impl ContextBlock<'_> {
     /// Writes `tile` (`CONTEXT_ROWS x size`); rows past the last token are zeros times padding.
     fn compute_portable(&self, tile: &mut [f32]) {
-        let size = self.layout.size;
+        let size = self.size;
         tile.fill(0.0);
         for (r, out) in tile.chunks_exact_mut(size).enumerate() {
             let Some(p) = self.scores.get((self.first + r) * self.keys..(self.first + r + 1) * self.keys)
@@ -420,7 +435,7 @@ impl ContextBlock<'_> {
                 continue;
             };
             for (s, &p) in p.iter().enumerate().take(self.tokens) {
-                let v = &self.v[self.layout.at(s, self.h)..][..size];
+                let v = &self.values[s * self.stride..][..size];
                 for (o, v) in out.iter_mut().zip(v) {
                     *o += p * v;
                 }
@@ -435,7 +450,7 @@ impl ContextBlock<'_> {
         // 16, 32, 48 or 64; the score rows read exist (rows are padded to SCORE_ROWS, a multiple of
         // CONTEXT_ROWS) and the values read are tokens below `tokens`.
         unsafe {
-            match self.layout.size / LANES {
+            match self.size / LANES {
                 1 => avx512::context::<1>(self, tile),
                 2 => avx512::context::<2>(self, tile),
                 3 => avx512::context::<3>(self, tile),
@@ -527,7 +542,7 @@ mod avx512 {
         unsafe {
             let p = block.scores.as_ptr().add(block.first * block.keys);
             for s in 0..block.tokens {
-                let v = block.v.as_ptr().add(block.layout.at(s, block.h));
+                let v = block.values.as_ptr().add(s * block.stride);
                 let values: [__m512; V] = std::array::from_fn(|i| _mm512_loadu_ps(v.add(i * LANES)));
                 for (r, row) in acc.iter_mut().enumerate() {
                     let probability = _mm512_set1_ps(*p.add(r * block.keys + s));
@@ -640,6 +655,7 @@ mod tests {
     use tract_linalg::multithread::multithread_tract_scope;
 
     use super::*;
+    use crate::linear_bf16::{bf16_bits, bf16_value};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -831,17 +847,15 @@ mod tests {
         let shape = [1, 197, 2, 64];
         let inputs = small_inputs(shape)?;
         let views = inputs.iter().map(|t| values(t)).collect::<TractResult<Vec<_>>>()?;
-        let rounded: Vec<Vec<f32>> =
-            views.iter().map(|x| x.iter().map(|&x| bf16_value(bf16_bits(x))).collect()).collect();
         let layout = Layout { tokens: 197, heads: 2, size: 64 };
-        let context =
-            Context { layout, q: &rounded[0], k: &rounded[1], v: &rounded[2], round_probabilities: true };
+        let context = Context { layout, q: &views[0], k: &views[1], v: &views[2], bf16: true };
         let largest = views[2].iter().fold(0f32, |m, v| m.max(v.abs()));
         for h in 0..2 {
             // SAFETY: checked above that this CPU and OS run AMX attention on heads of 64.
             #[allow(unsafe_code)]
             let amx = unsafe { crate::amx::attention::head(&views[0], &views[1], &views[2], 197, 2, 64, h) };
-            let f32_kernels = context.head(0, h);
+            let mut f32_kernels = vec![0f32; 197 * 64];
+            context.head(0, h, &mut f32_kernels.chunks_exact_mut(64).collect::<Vec<_>>());
             let worst = amx.iter().zip(&f32_kernels).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst <= largest * 2f32.powi(-12), "head {h}: max |amx - f32 kernels| {worst}");
         }

@@ -6,8 +6,9 @@
 
 use std::cell::RefCell;
 
-use super::bf16::{Bf16Product, as_bytes, convert_row};
+use super::bf16::{Bf16Product, as_bytes};
 use super::{BLOCK, PackedGroups, PaddedRows, row_width};
+use crate::linear_bf16::convert_row;
 use crate::packed_linear::CHANNELS;
 
 /// Whether this CPU and OS run [`head`] on heads of `size` dimensions: AMX-BF16, AVX-512 BW for the

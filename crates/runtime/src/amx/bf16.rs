@@ -10,6 +10,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use super::{BLOCK, BlockSums, PackedGroups, PaddedRows, row_width, tile_product};
+use crate::linear_bf16::convert_row;
 use crate::packed_linear::avx512::store_channels;
 use crate::packed_linear::{CHANNELS, LANES};
 
@@ -83,31 +84,6 @@ pub(crate) fn linear_bf16(layer: &PackedBf16, values: &[f32], out: &mut [f32]) {
 pub(super) fn as_bytes(values: &[u16]) -> &[u8] {
     // SAFETY: any u16 is two initialized bytes, and u8's alignment is 1.
     unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, values.len() * 2) }
-}
-
-/// Rounds `values` times `scale` (an f32 product) to bf16 into `row` (`values.len()` rounded up to 32),
-/// zeros past them. `vcvtneps2bf16` rounds as [`crate::linear_bf16::bf16_bits`] does (to nearest
-/// even, subnormals to zero); a scale of 1 leaves the values as they are.
-///
-/// # Safety
-/// The CPU has AVX-512 F and BF16.
-#[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn convert_row(values: &[f32], scale: f32, row: &mut [u16]) {
-    let scale = _mm512_set1_ps(scale);
-    for (i, chunk) in row.chunks_exact_mut(LANES).enumerate() {
-        let first = i * LANES;
-        let count = values.len().saturating_sub(first).min(LANES);
-        // SAFETY: the masked load reads `values[first..first + count]`, the store writes the 16
-        // values of `chunk`.
-        unsafe {
-            let x = _mm512_maskz_loadu_ps((1u32 << count).wrapping_sub(1) as u16, values.as_ptr().add(first));
-            let bf16 = _mm512_cvtneps_pbh(_mm512_mul_ps(x, scale));
-            _mm256_storeu_si256(
-                chunk.as_mut_ptr() as *mut __m256i,
-                std::mem::transmute::<__m256bh, __m256i>(bf16),
-            );
-        }
-    }
 }
 
 /// Adds the bias to the block's sums of `rows` and stores the channels below `n` from `channel`.
@@ -185,39 +161,6 @@ mod tests {
             }
         }
         eprintln!("largest difference: {worst:.2e} of the products' magnitude");
-        Ok(())
-    }
-
-    /// `vcvtneps2bf16` rounds as the portable conversion does: ties to even, NaN quiet, subnormals
-    /// to zero, overflow to infinity.
-    #[test]
-    fn conversion_rounds_as_the_portable_one() -> TestResult {
-        if !available() {
-            eprintln!("skipped: this CPU or OS does not run AMX");
-            return Ok(());
-        }
-        let mut values = pseudo_random(1000, 3);
-        values.extend(
-            [
-                0x3f80_8000,
-                0x3f81_8000,
-                0x3f80_8001,
-                0x8000_0001,
-                0x0000_0001,
-                0x7f7f_ffff,
-                0x7f80_0000,
-                0xff80_0000,
-            ]
-            .map(f32::from_bits),
-        );
-        values.extend([0.0, -0.0, -2.5, f32::NAN, f32::MAX, f32::MIN_POSITIVE]);
-        let mut row = vec![0xffff; values.len().next_multiple_of(32)];
-        // SAFETY: `available` checked AVX-512 F and BF16.
-        unsafe { convert_row(&values, 1.0, &mut row) };
-        for (&v, &bits) in values.iter().zip(&row) {
-            assert_eq!(bits, bf16_bits(v), "{v:e} ({:#x})", v.to_bits());
-        }
-        assert!(row[values.len()..].iter().all(|&b| b == 0), "the padding is not zero");
         Ok(())
     }
 }

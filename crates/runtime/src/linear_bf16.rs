@@ -326,7 +326,7 @@ mod bf16 {
     use std::arch::x86_64::*;
 
     use super::Tile;
-    use crate::packed_linear::avx512::store_channels;
+    use crate::packed_linear::avx512::{spill, store_channels};
     use crate::packed_linear::{CHANNELS, LANES, VECTORS};
 
     /// Whether this CPU runs [`tile`], [`convert_row`] and [`round_in_place`].
@@ -423,16 +423,20 @@ mod bf16 {
                 w = w.add(CHANNELS * 2);
             }
         }
-        for (t, row) in acc.iter().enumerate() {
+        // SAFETY: 16 f32 lanes a register.
+        let sums: [[f32; CHANNELS]; T] = unsafe { spill(&acc) };
+        for (t, sums) in sums.iter().enumerate() {
             let out = &mut out[t * n..][..n];
-            for (v, sum) in row.iter().enumerate() {
+            for (v, sum) in sums.chunks_exact(LANES).enumerate() {
                 let o = tile.channel + v * LANES;
                 if o >= n {
                     break;
                 }
-                // SAFETY: the bias is padded to whole groups.
-                let bias = unsafe { _mm512_loadu_ps(layer.bias.as_ptr().add(o)) };
-                store_channels(out, o, _mm512_add_ps(*sum, bias));
+                // SAFETY: 16 sums, and the bias is padded to whole groups.
+                let y = unsafe {
+                    _mm512_add_ps(_mm512_loadu_ps(sum.as_ptr()), _mm512_loadu_ps(layer.bias.as_ptr().add(o)))
+                };
+                store_channels(out, o, y);
             }
         }
     }

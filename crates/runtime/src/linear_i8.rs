@@ -307,7 +307,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     use super::{PackedWeights, Tile};
-    use crate::packed_linear::avx512::store_channels;
+    use crate::packed_linear::avx512::{spill, store_channels};
     use crate::packed_linear::{CHANNELS, LANES, VECTORS};
 
     /// Whether this CPU runs [`tile`] and [`quantize_row`].
@@ -378,13 +378,10 @@ mod vnni {
                 w = w.add(CHANNELS * 4);
             }
         }
-        for (t, row) in acc.iter().enumerate() {
-            let mut sums = [0i32; CHANNELS];
-            for (sum, lanes) in row.iter().zip(sums.chunks_exact_mut(LANES)) {
-                // SAFETY: 16 i32 into 16 i32.
-                unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut __m512i, *sum) };
-            }
-            store_row(layer, &sums, tile.row_scales[t], tile.channel, &mut out[t * n..][..n]);
+        // SAFETY: 16 i32 lanes a register.
+        let sums: [[i32; CHANNELS]; T] = unsafe { spill(&acc) };
+        for (t, sums) in sums.iter().enumerate() {
+            store_row(layer, sums, tile.row_scales[t], tile.channel, &mut out[t * n..][..n]);
         }
     }
 

@@ -15,6 +15,7 @@ use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_nnef::internal::*;
 
 use crate::linear_bf16::round_to_bf16;
+use crate::packed_linear::CHANNELS;
 
 /// The NNEF fragment name of [`Attention`].
 const PRIMITIVE: &str = "kiln_attention";
@@ -82,7 +83,8 @@ impl TypedOp for Attention {
 /// [`Attention`] on bf16 operands: the query, key and value rounded to bf16 (to nearest, ties to
 /// even, as [`crate::LinearBf16`] rounds its inputs), the probabilities too before the context
 /// product, the products (exact in f32) summed in f32, the softmax in f32. On AMX CPUs both products run
-/// on tiles ([`crate::amx`]); elsewhere the f32 kernels run on the rounded operands.
+/// on tiles ([`crate::amx`]), on other AVX512_BF16 CPUs on `vdpbf16ps` (head sizes of whole 32s);
+/// elsewhere the f32 kernels run on the rounded operands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AttentionBf16;
 
@@ -111,7 +113,9 @@ impl TypedOp for AttentionBf16 {
     /// softmax and einsum on the operands as they are (not rounded), as [`crate::LinearBf16`] becomes
     /// tract's f32 matmul: far faster than the portable path, and at least as accurate.
     fn codegen(&self, model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
-        lower_unless(model, node, |size| amx_runs(size) || Kernel::detect(size) != Kernel::Portable)
+        lower_unless(model, node, |size| {
+            amx_runs(size) || pairs_run(size) || Kernel::detect(size) != Kernel::Portable
+        })
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -134,6 +138,19 @@ enum Operands {
 fn amx_runs(size: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     return crate::amx::attention::available(size);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = size;
+        false
+    }
+}
+
+/// Whether [`AttentionBf16`] runs both products on `vdpbf16ps` here for heads of `size`, where AMX
+/// does not run them: AVX512_BF16 and a head size in whole groups of [`CHANNELS`] (the values'
+/// packing).
+fn pairs_run(size: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return size > 0 && size.is_multiple_of(CHANNELS) && crate::linear_bf16::avx512_runs();
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = size;
@@ -273,11 +290,36 @@ struct HeadBuffers {
 /// The first `len` values of `buffer`, holding what the last head left: every value a head reads is
 /// written first, and padding rows and keys give scores no one reads, so nothing needs zeros
 /// (filling them was a pass over 180 KB per ViT-B head).
-fn reused(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+fn reused<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
     if buffer.len() < len {
-        buffer.resize(len, 0.0);
+        buffer.resize(len, T::default());
     }
     &mut buffer[..len]
+}
+
+/// A head's buffers for [`Context::head_bf16`], kept by each thread between calls.
+#[cfg(target_arch = "x86_64")]
+#[derive(Default)]
+struct PairBuffers {
+    /// The head's queries in bf16, `[tokens][size]`.
+    queries: Vec<u16>,
+    /// One token's key or value in bf16, and the next token's value.
+    rows: [Vec<u16>; 2],
+    /// The keys as the scores' weights: `[keys / CHANNELS][size / 2][CHANNELS][2]`.
+    keys: Vec<u16>,
+    /// `[tokens][keys]` f32 scores.
+    scores: Vec<f32>,
+    /// The probabilities in bf16, `[tokens][pairs of tokens * 2]`, zero past `tokens`.
+    probabilities: Vec<u16>,
+    /// The values as the context's weights: `[size / CHANNELS][pairs of tokens][CHANNELS][2]`.
+    values: Vec<u16>,
+    /// `[tokens][size]` f32 context.
+    context: Vec<f32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    static PAIR_BUFFERS: std::cell::RefCell<PairBuffers> = Default::default();
 }
 
 thread_local! {
@@ -288,6 +330,10 @@ impl Context<'_> {
     /// Computes head `h` of the batch element starting at `base` into `out`, its context: one row of
     /// `size` values per token.
     fn head(&self, base: usize, h: usize, out: &mut [&mut [f32]]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.bf16 && pairs_run(self.layout.size) {
+            return self.head_bf16(base, h, out);
+        }
         let Layout { tokens, heads, size } = self.layout;
         let rows = tokens.div_ceil(SCORE_ROWS) * SCORE_ROWS;
         let keys = tokens.div_ceil(SCORE_KEYS) * SCORE_KEYS;
@@ -351,6 +397,86 @@ impl Context<'_> {
                 for (out, row) in out[first..].iter_mut().zip(tile.chunks_exact(size).take(CONTEXT_ROWS)) {
                     out.copy_from_slice(row);
                 }
+            }
+        })
+    }
+
+    /// [`Context::head`] on bf16 operands with AVX512_BF16 and no AMX: both products on
+    /// `vdpbf16ps` in [`crate::linear_bf16`]'s kernel (two products an instruction per lane where
+    /// `vfmadd` does one), the keys packed as the scores' weights and the values as the context's,
+    /// pairs of tokens interleaved, as the AMX heads pack them.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    fn head_bf16(&self, base: usize, h: usize, out: &mut [&mut [f32]]) {
+        use crate::linear_bf16::{Bf16Operands, Kernel, convert_row};
+        let Layout { tokens, size, .. } = self.layout;
+        let (pairs, keys, token_pairs) = (size / 2, tokens.next_multiple_of(CHANNELS), tokens.div_ceil(2));
+        let at = |t: usize| base + self.layout.at(t, h);
+        PAIR_BUFFERS.with_borrow_mut(|buffers| {
+            let PairBuffers {
+                queries,
+                rows: [first, second],
+                keys: packed_keys,
+                scores,
+                probabilities,
+                values,
+                context,
+            } = buffers;
+            let queries = reused(queries, tokens * size);
+            for (t, bf16) in queries.chunks_exact_mut(size).enumerate() {
+                // SAFETY: `pairs_run` checked AVX-512 F and BF16.
+                unsafe { convert_row(&self.q[at(t)..][..size], 1.0, bf16) };
+            }
+            // Keys past `tokens` keep what they hold: their scores are never read.
+            let packed_keys = reused(packed_keys, keys * size);
+            let (first, second) = (reused(first, size), reused(second, size));
+            for s in 0..tokens {
+                // SAFETY: as above.
+                unsafe { convert_row(&self.k[at(s)..][..size], 1.0, first) };
+                let (group, lane) = (s / CHANNELS, s % CHANNELS);
+                for (p, pair) in first.chunks_exact(2).enumerate() {
+                    packed_keys[((group * pairs + p) * CHANNELS + lane) * 2..][..2].copy_from_slice(pair);
+                }
+            }
+            let scores = reused(scores, tokens * keys);
+            let operands =
+                Bf16Operands { activations: queries, weights: packed_keys, pairs, n: keys, bias: None };
+            operands.compute(Kernel::Bf16, scores);
+            let width = token_pairs * 2;
+            let probabilities = reused(probabilities, tokens * width);
+            for (scores, bf16) in scores.chunks_exact_mut(keys).zip(probabilities.chunks_exact_mut(width)) {
+                // The softmax's scaling by the inverse of the sum is the conversion's.
+                let inverse = 1.0 / exponentials_avx512(&mut scores[..tokens]);
+                // SAFETY: as above; the conversion writes zeros past `tokens`.
+                unsafe { convert_row(&scores[..tokens], inverse, bf16) };
+            }
+            let values = reused(values, size * width);
+            for j in 0..token_pairs {
+                // SAFETY: as above; an odd count's last token is paired with zeros.
+                unsafe {
+                    convert_row(&self.v[at(2 * j)..][..size], 1.0, first);
+                    convert_row(
+                        if 2 * j + 1 < tokens { &self.v[at(2 * j + 1)..][..size] } else { &[] },
+                        1.0,
+                        second,
+                    );
+                }
+                for (d, (&a, &b)) in first.iter().zip(second.iter()).enumerate() {
+                    let at = (((d / CHANNELS) * token_pairs + j) * CHANNELS + d % CHANNELS) * 2;
+                    values[at..][..2].copy_from_slice(&[a, b]);
+                }
+            }
+            let context = reused(context, tokens * size);
+            let operands = Bf16Operands {
+                activations: probabilities,
+                weights: values,
+                pairs: token_pairs,
+                n: size,
+                bias: None,
+            };
+            operands.compute(Kernel::Bf16, context);
+            for (out, row) in out.iter_mut().zip(context.chunks_exact(size)) {
+                out.copy_from_slice(row);
             }
         })
     }
@@ -802,9 +928,9 @@ mod tests {
         Ok(out)
     }
 
-    /// On AMX (head sizes of whole 32s, 288 among them) and on the f32 kernels' fallback (48, 8 and
-    /// AMX-less CPUs), the bf16 operation follows the bf16 reference within `2^-12` of the largest
-    /// value: f32 sums, and now and then a probability whose f32 value rounds to the other bf16
+    /// On AMX or `vdpbf16ps` (head sizes of whole 32s, 288 among them) and on the f32 kernels'
+    /// fallback (48, 8, and CPUs without AVX512_BF16), the bf16 operation follows the bf16
+    /// reference within `2^-12` of the largest value: f32 sums, and now and then a probability whose f32 value rounds to the other bf16
     /// neighbour than its f64 value (one step, `2^-8` of a probability, times a value). Leaving any
     /// operand unrounded moves the result by about `2^-8` of the largest value, 16 times the bound.
     /// Two threads give the same bits as one.

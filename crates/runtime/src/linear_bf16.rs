@@ -223,24 +223,61 @@ impl PackedLayer for PackedWeights {
                     }
                 }
             }
-            let group_values = self.pairs() * CHANNELS * 2;
-            for (group, first, count) in packed_linear::tiles(rows, self.n.div_ceil(CHANNELS)) {
-                let tile = Tile {
-                    activations: &activations[first * width..][..count * width],
-                    weights: &self.blocks[group * group_values..][..group_values],
-                    rows: count,
-                    channel: group * CHANNELS,
-                    layer: self,
-                };
-                let out = &mut out[first * self.n..(first + count) * self.n];
-                match kernel {
-                    #[cfg(target_arch = "x86_64")]
-                    Kernel::Bf16 | Kernel::Amx => tile.compute_bf16(out),
-                    Kernel::Portable => tile.compute_portable(out),
-                }
-            }
+            let operands = Bf16Operands {
+                activations: &activations[..rows * width],
+                weights: &self.blocks,
+                pairs: self.pairs(),
+                n: self.n,
+                bias: Some(&self.bias),
+            };
+            operands.compute(kernel, out);
         })
     }
+}
+
+/// The operands of a product on bf16 values in the AVX-512 kernel's layouts: a layer's converted
+/// rows and packed weights, or what [`crate::AttentionBf16`] packs per head on CPUs without AMX.
+pub(crate) struct Bf16Operands<'a> {
+    /// Rows of `pairs * 2` values, row-major.
+    pub(crate) activations: &'a [u16],
+    /// `n` outputs in groups of [`CHANNELS`], each `[pairs][CHANNELS][2]` values, zero past `n`.
+    pub(crate) weights: &'a [u16],
+    /// Pairs of inputs per row.
+    pub(crate) pairs: usize,
+    /// Outputs per row.
+    pub(crate) n: usize,
+    /// Per output, padded to whole groups: added to the sums.
+    pub(crate) bias: Option<&'a [f32]>,
+}
+
+impl Bf16Operands<'_> {
+    /// Computes `out` (rows x `n`) tile by tile with `kernel` (AMX takes the AVX-512 kernel here).
+    pub(crate) fn compute(&self, kernel: Kernel, out: &mut [f32]) {
+        let width = self.pairs * 2;
+        let rows = self.activations.len() / width.max(1);
+        let group_values = self.pairs * CHANNELS * 2;
+        for (group, first, count) in packed_linear::tiles(rows, self.n.div_ceil(CHANNELS)) {
+            let tile = Tile {
+                activations: &self.activations[first * width..][..count * width],
+                weights: &self.weights[group * group_values..][..group_values],
+                rows: count,
+                channel: group * CHANNELS,
+                operands: self,
+            };
+            let out = &mut out[first * self.n..(first + count) * self.n];
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Bf16 | Kernel::Amx => tile.compute_bf16(out),
+                Kernel::Portable => tile.compute_portable(out),
+            }
+        }
+    }
+}
+
+/// Whether this CPU runs [`Bf16Operands::compute`]'s AVX-512 kernel (`Kernel::Bf16`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_runs() -> bool {
+    bf16::available()
 }
 
 thread_local! {
@@ -287,7 +324,7 @@ struct Tile<'a> {
     rows: usize,
     /// The group's first output channel.
     channel: usize,
-    layer: &'a PackedWeights,
+    operands: &'a Bf16Operands<'a>,
 }
 
 impl Tile<'_> {
@@ -297,14 +334,14 @@ impl Tile<'_> {
     fn compute_bf16(&self, out: &mut [f32]) {
         // SAFETY: `Kernel::Bf16` is only chosen when the CPU has the features `bf16::tile` is
         // compiled for, and `Tile`'s slices have the lengths its loads assume (built by
-        // `PackedWeights::compute_rows`).
+        // `Bf16Operands::compute`).
         unsafe { packed_linear::tile_for_rows!(self.rows, bf16::tile(self, out)) }
     }
 
     /// `vdpbf16ps`'s arithmetic without SIMD: per pair of inputs, the odd product is added first,
     /// then the even one, each rounded to f32 (the products themselves are exact), then the bias.
     fn compute_portable(&self, out: &mut [f32]) {
-        let (n, pairs) = (self.layer.n, self.layer.pairs());
+        let (n, pairs) = (self.operands.n, self.operands.pairs);
         for t in 0..self.rows {
             let x = &self.activations[t * pairs * 2..][..pairs * 2];
             for c in 0..CHANNELS.min(n - self.channel) {
@@ -314,7 +351,8 @@ impl Tile<'_> {
                     acc += bf16_value(x[2 * p + 1]) * bf16_value(w[1]);
                     acc += bf16_value(x[2 * p]) * bf16_value(w[0]);
                 }
-                out[t * n + self.channel + c] = acc + self.layer.bias[self.channel + c];
+                let bias = self.operands.bias.map_or(0.0, |bias| bias[self.channel + c]);
+                out[t * n + self.channel + c] = acc + bias;
             }
         }
     }
@@ -395,8 +433,8 @@ mod bf16 {
     /// `tile.weights` `pairs * CHANNELS * 2`, and `out` `T` rows of `n` values.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn tile<const T: usize>(tile: &Tile, out: &mut [f32]) {
-        let layer = tile.layer;
-        let (n, pairs) = (layer.n, layer.pairs());
+        let operands = tile.operands;
+        let (n, pairs) = (operands.n, operands.pairs);
         debug_assert!(tile.activations.len() >= pairs * T * 2);
         debug_assert!(tile.weights.len() >= pairs * CHANNELS * 2);
         debug_assert!(out.len() >= T * n);
@@ -434,7 +472,11 @@ mod bf16 {
                 }
                 // SAFETY: 16 sums, and the bias is padded to whole groups.
                 let y = unsafe {
-                    _mm512_add_ps(_mm512_loadu_ps(sum.as_ptr()), _mm512_loadu_ps(layer.bias.as_ptr().add(o)))
+                    let sum = _mm512_loadu_ps(sum.as_ptr());
+                    match operands.bias {
+                        Some(bias) => _mm512_add_ps(sum, _mm512_loadu_ps(bias.as_ptr().add(o))),
+                        None => sum,
+                    }
                 };
                 store_channels(out, o, y);
             }

@@ -146,11 +146,14 @@ fn amx_runs(size: usize) -> bool {
 }
 
 /// Whether [`AttentionBf16`] runs both products on `vdpbf16ps` here for heads of `size`, where AMX
-/// does not run them: AVX512_BF16 and a head size in whole groups of [`CHANNELS`] (the values'
-/// packing).
+/// does not run them: AVX512_BF16, AVX-512 BW and a head size in whole groups of [`CHANNELS`] (the
+/// values' packing).
 fn pairs_run(size: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return size > 0 && size.is_multiple_of(CHANNELS) && crate::linear_bf16::avx512_runs();
+    return size > 0
+        && size.is_multiple_of(CHANNELS)
+        && crate::linear_bf16::avx512_runs()
+        && is_x86_feature_detected!("avx512bw");
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = size;
@@ -303,8 +306,8 @@ fn reused<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) -> &mut [T] {
 struct PairBuffers {
     /// The head's queries in bf16, `[tokens][size]`.
     queries: Vec<u16>,
-    /// One token's key or value in bf16, and the next token's value.
-    rows: [Vec<u16>; 2],
+    /// One token's key in bf16.
+    key: Vec<u16>,
     /// The keys as the scores' weights: `[keys / CHANNELS][size / 2][CHANNELS][2]`.
     keys: Vec<u16>,
     /// `[tokens][keys]` f32 scores.
@@ -408,20 +411,13 @@ impl Context<'_> {
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     fn head_bf16(&self, base: usize, h: usize, out: &mut [&mut [f32]]) {
-        use crate::linear_bf16::{Bf16Operands, Kernel, convert_row};
+        use crate::linear_bf16::{Bf16Operands, Kernel, convert_row, pack_tokens, place_row};
         let Layout { tokens, size, .. } = self.layout;
         let (pairs, keys, token_pairs) = (size / 2, tokens.next_multiple_of(CHANNELS), tokens.div_ceil(2));
         let at = |t: usize| base + self.layout.at(t, h);
         PAIR_BUFFERS.with_borrow_mut(|buffers| {
-            let PairBuffers {
-                queries,
-                rows: [first, second],
-                keys: packed_keys,
-                scores,
-                probabilities,
-                values,
-                context,
-            } = buffers;
+            let PairBuffers { queries, key, keys: packed_keys, scores, probabilities, values, context } =
+                buffers;
             let queries = reused(queries, tokens * size);
             for (t, bf16) in queries.chunks_exact_mut(size).enumerate() {
                 // SAFETY: `pairs_run` checked AVX-512 F and BF16.
@@ -429,14 +425,11 @@ impl Context<'_> {
             }
             // Keys past `tokens` keep what they hold: their scores are never read.
             let packed_keys = reused(packed_keys, keys * size);
-            let (first, second) = (reused(first, size), reused(second, size));
+            let key = reused(key, size);
             for s in 0..tokens {
                 // SAFETY: as above.
-                unsafe { convert_row(&self.k[at(s)..][..size], 1.0, first) };
-                let (group, lane) = (s / CHANNELS, s % CHANNELS);
-                for (p, pair) in first.chunks_exact(2).enumerate() {
-                    packed_keys[((group * pairs + p) * CHANNELS + lane) * 2..][..2].copy_from_slice(pair);
-                }
+                unsafe { convert_row(&self.k[at(s)..][..size], 1.0, key) };
+                place_row(key, s, pairs, packed_keys);
             }
             let scores = reused(scores, tokens * keys);
             let operands =
@@ -451,21 +444,9 @@ impl Context<'_> {
                 unsafe { convert_row(&scores[..tokens], inverse, bf16) };
             }
             let values = reused(values, size * width);
-            for j in 0..token_pairs {
-                // SAFETY: as above; an odd count's last token is paired with zeros.
-                unsafe {
-                    convert_row(&self.v[at(2 * j)..][..size], 1.0, first);
-                    convert_row(
-                        if 2 * j + 1 < tokens { &self.v[at(2 * j + 1)..][..size] } else { &[] },
-                        1.0,
-                        second,
-                    );
-                }
-                for (d, (&a, &b)) in first.iter().zip(second.iter()).enumerate() {
-                    let at = (((d / CHANNELS) * token_pairs + j) * CHANNELS + d % CHANNELS) * 2;
-                    values[at..][..2].copy_from_slice(&[a, b]);
-                }
-            }
+            // SAFETY: `pairs_run` checked AVX-512 F, BF16 and BW and a size in whole groups; the
+            // values hold `token_pairs` pairs per dimension.
+            unsafe { pack_tokens(|t| &self.v[at(t)..][..size], tokens, token_pairs, values) };
             let context = reused(context, tokens * size);
             let operands = Bf16Operands {
                 activations: probabilities,

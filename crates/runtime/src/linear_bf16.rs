@@ -72,6 +72,44 @@ pub(crate) fn round_to_bf16(values: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 pub(crate) use bf16::convert_row;
 
+/// Writes output `o`'s inputs (`row`, bf16) into `blocks`, the kernels' layout for the second
+/// operand: groups of [`CHANNELS`] outputs, each `[pairs][CHANNELS][2]`. Layers pack their weights
+/// so, and attention its keys (the outputs of the scores).
+pub(crate) fn place_row(row: &[u16], o: usize, pairs: usize, blocks: &mut [u16]) {
+    let (group, channel) = (o / CHANNELS, o % CHANNELS);
+    for (i, &w) in row.iter().enumerate() {
+        blocks[((group * pairs + i / 2) * CHANNELS + channel) * 2 + i % 2] = w;
+    }
+}
+
+/// Packs `tokens` rows of values (`row(t)`, a whole number of [`CHANNELS`] each) as the second
+/// operand of a product over tokens, rounded to bf16: groups of [`CHANNELS`] dimensions, each
+/// `[pairs][CHANNELS][2]` with pairs of tokens interleaved, an odd count's last token paired with
+/// zeros; pairs past `tokens` are left as they are. Attention's context multiplies its
+/// probabilities by the values so packed, on AMX tiles or on `vdpbf16ps`.
+///
+/// # Safety
+/// The CPU has AVX-512 F, BF16 and BW; `pairs >= tokens.div_ceil(2)`, `packed` holds
+/// `pairs * 2` values per dimension.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(crate) unsafe fn pack_tokens<'a>(
+    row: impl Fn(usize) -> &'a [f32],
+    tokens: usize,
+    pairs: usize,
+    packed: &mut [u16],
+) {
+    for s in (0..tokens).step_by(2) {
+        let (first, next) = (row(s), if s + 1 < tokens { row(s + 1) } else { &[] });
+        for group in 0..first.len() / CHANNELS {
+            let dims = group * CHANNELS..(group + 1) * CHANNELS;
+            let slot = &mut packed[(group * pairs + s / 2) * CHANNELS * 2..][..CHANNELS * 2];
+            // SAFETY: per the contract.
+            unsafe { bf16::interleave(&first[dims.clone()], next.get(dims).unwrap_or_default(), slot) };
+        }
+    }
+}
+
 impl Op for LinearBf16 {
     fn name(&self) -> StaticName {
         "LinearBf16".into()
@@ -166,10 +204,7 @@ impl PackedWeights {
         let pairs = k.div_ceil(2);
         let mut blocks = CacheLines::zeroed(n.div_ceil(CHANNELS) * pairs * CHANNELS * 2);
         for (o, row) in values.chunks_exact(k.max(1)).take(n).enumerate() {
-            let (group, channel) = (o / CHANNELS, o % CHANNELS);
-            for (i, &w) in row.iter().enumerate() {
-                blocks[((group * pairs + i / 2) * CHANNELS + channel) * 2 + i % 2] = w;
-            }
+            place_row(row, o, pairs, &mut blocks);
         }
         Ok(PackedWeights { k, n, blocks, bias })
     }
@@ -417,6 +452,45 @@ mod bf16 {
                 let rounded = _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits));
                 _mm512_mask_storeu_ps(chunk.as_mut_ptr(), m, _mm512_castsi512_ps(rounded));
             }
+        }
+    }
+
+    /// Writes into `pair` (`CHANNELS * 2` bf16) the `CHANNELS` values of two tokens, `first` and `second`
+    /// (zeros where `second` is empty: the last token of an odd count), rounded to bf16 and interleaved
+    /// per dimension, as `tdpbf16ps` and `vdpbf16ps` read a pair of rows of their second operand.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BF16 and BW.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+    pub unsafe fn interleave(first: &[f32], second: &[f32], pair: &mut [u16]) {
+        const HALF: usize = CHANNELS / 2;
+        debug_assert!(first.len() == CHANNELS && (second.is_empty() || second.len() == CHANNELS));
+        debug_assert!(pair.len() == CHANNELS * 2);
+        // Word i of the product takes word i / 2 of the first token's half, or of the second's (from 16).
+        let order = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3,
+            18, 2, 17, 1, 16, 0,
+        );
+        let load = |values: &[f32], half: usize| match values.get(half * HALF..(half + 1) * HALF) {
+            // SAFETY: 16 values within `values`.
+            Some(values) => unsafe { _mm512_loadu_ps(values.as_ptr()) },
+            None => _mm512_setzero_ps(),
+        };
+        for half in 0..2 {
+            // SAFETY: `__m512bh` and `__m512i` are both 64 plain bytes.
+            let both = unsafe {
+                std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+                    load(second, half),
+                    load(first, half),
+                ))
+            };
+            // SAFETY: `pair` holds two halves of 32 words.
+            unsafe {
+                _mm512_storeu_si512(
+                    pair.as_mut_ptr().add(half * CHANNELS) as *mut __m512i,
+                    _mm512_permutexvar_epi16(order, both),
+                )
+            };
         }
     }
 

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 
 use super::bf16::{Bf16Product, as_bytes};
 use super::{BLOCK, PackedGroups, PaddedRows, row_width};
-use crate::linear_bf16::convert_row;
+use crate::linear_bf16::{convert_row, pack_tokens, place_row};
 use crate::packed_linear::CHANNELS;
 
 /// Whether this CPU and OS run [`head`] on heads of `size` dimensions: AMX-BF16, AVX-512 BW for the
@@ -88,10 +88,7 @@ pub(crate) unsafe fn head(
         for s in 0..tokens {
             // SAFETY: `available` checked AVX-512 F and BF16.
             unsafe { convert_row(&k[at(s)..][..size], 1.0, row) };
-            let first = s / CHANNELS * pairs * CHANNELS + s % CHANNELS;
-            for (p, pair) in row.chunks_exact(2).take(pairs).enumerate() {
-                packed_keys[(first + p * CHANNELS) * 2..][..2].copy_from_slice(pair);
-            }
+            place_row(row, s, pairs, packed_keys);
         }
         // Every score of the `tokens` rows is written below.
         let scores = &mut buffers.scores;
@@ -119,15 +116,9 @@ pub(crate) unsafe fn head(
         let packed_values = &mut buffers.values;
         packed_values.clear();
         packed_values.resize(size * keys, 0);
-        for s in (0..tokens).step_by(2) {
-            let next = if s + 1 < tokens { &v[at(s + 1)..][..size] } else { &[] };
-            for group in 0..size / CHANNELS {
-                let dims = group * CHANNELS..(group + 1) * CHANNELS;
-                let slot = &mut packed_values[(group * key_pairs + s / 2) * CHANNELS * 2..][..CHANNELS * 2];
-                // SAFETY: `available` checked AVX-512 F, BF16 and BW.
-                unsafe { interleave(&v[at(s)..][dims.clone()], next.get(dims).unwrap_or_default(), slot) };
-            }
-        }
+        // SAFETY: `available` checked AVX-512 F, BF16 and BW and a size in whole groups; the values
+        // hold `size * keys` bf16, zero past `tokens`.
+        unsafe { pack_tokens(|t| &v[at(t)..][..size], tokens, key_pairs, packed_values) };
         let mut context = vec![0f32; tokens * size];
         let a = PaddedRows { bytes: as_bytes(probabilities), width: probability_width * 2, rows: tokens };
         let b = PackedGroups { blocks: as_bytes(packed_values), groups: size / CHANNELS, units: key_pairs };
@@ -152,44 +143,4 @@ unsafe fn product(a: &PaddedRows, b: &PackedGroups, out: &mut [f32]) {
             }
         })
     };
-}
-
-/// Writes into `pair` (`CHANNELS * 2` bf16) the `CHANNELS` values of two tokens, `first` and `second`
-/// (zeros where `second` is empty: the last token of an odd count), rounded to bf16 and interleaved
-/// per dimension, as `tdpbf16ps` reads a pair of rows of its second operand.
-///
-/// # Safety
-/// The CPU has AVX-512 F, BF16 and BW.
-#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-unsafe fn interleave(first: &[f32], second: &[f32], pair: &mut [u16]) {
-    use std::arch::x86_64::*;
-    const HALF: usize = CHANNELS / 2;
-    debug_assert!(first.len() == CHANNELS && (second.is_empty() || second.len() == CHANNELS));
-    debug_assert!(pair.len() == CHANNELS * 2);
-    // Word i of the product takes word i / 2 of the first token's half, or of the second's (from 16).
-    let order = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18,
-        2, 17, 1, 16, 0,
-    );
-    let load = |values: &[f32], half: usize| match values.get(half * HALF..(half + 1) * HALF) {
-        // SAFETY: 16 values within `values`.
-        Some(values) => unsafe { _mm512_loadu_ps(values.as_ptr()) },
-        None => _mm512_setzero_ps(),
-    };
-    for half in 0..2 {
-        // SAFETY: `__m512bh` and `__m512i` are both 64 plain bytes.
-        let both = unsafe {
-            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
-                load(second, half),
-                load(first, half),
-            ))
-        };
-        // SAFETY: `pair` holds two halves of 32 words.
-        unsafe {
-            _mm512_storeu_si512(
-                pair.as_mut_ptr().add(half * CHANNELS) as *mut __m512i,
-                _mm512_permutexvar_epi16(order, both),
-            )
-        };
-    }
 }

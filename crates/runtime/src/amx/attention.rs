@@ -8,7 +8,7 @@ use std::cell::RefCell;
 
 use super::bf16::{Bf16Product, as_bytes};
 use super::{BLOCK, PackedGroups, PaddedRows, row_width};
-use crate::linear_bf16::{convert_row, pack_tokens, place_row};
+use crate::linear_bf16::{convert_row, pack_rows, pack_tokens};
 use crate::packed_linear::CHANNELS;
 
 /// Whether this CPU and OS run [`head`] on heads of `size` dimensions: AMX-BF16, AVX-512 BW for the
@@ -25,8 +25,8 @@ pub(crate) fn available(size: usize) -> bool {
 struct Buffers {
     /// The queries in bf16, whole blocks of rows, each row on whole cache lines.
     queries: Vec<u16>,
-    /// One key in bf16.
-    key: Vec<u16>,
+    /// One group of keys in bf16, as [`crate::linear_bf16::pack_rows`] converts them.
+    key_rows: Vec<u16>,
     /// The keys as the scores' weights: `[key groups][size / 2][CHANNELS][2]`.
     keys: Vec<u16>,
     /// `[tokens][keys]` f32 scores, then probabilities.
@@ -80,16 +80,10 @@ pub(crate) unsafe fn head(
             // SAFETY: `available` checked AVX-512 F and BF16.
             unsafe { convert_row(&q[at(t)..][..size], 1.0, &mut queries[t * query_width..][..query_width]) };
         }
-        // Keys past `tokens` keep what they hold: their scores are never read.
         let packed_keys = &mut buffers.keys;
         packed_keys.resize(packed_keys.len().max(keys * size), 0);
-        let row = &mut buffers.key;
-        row.resize(size, 0);
-        for s in 0..tokens {
-            // SAFETY: `available` checked AVX-512 F and BF16.
-            unsafe { convert_row(&k[at(s)..][..size], 1.0, row) };
-            place_row(row, s, pairs, packed_keys);
-        }
+        // SAFETY: `available` checked AVX-512 F and BF16; `size` values a key, `keys` of them packed.
+        unsafe { pack_rows(|s| &k[at(s)..][..size], tokens, pairs, &mut buffers.key_rows, packed_keys) };
         // Every score of the `tokens` rows is written below.
         let scores = &mut buffers.scores;
         scores.resize(tokens * keys, 0.0);

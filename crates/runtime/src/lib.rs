@@ -23,6 +23,7 @@ mod linear_i8;
 mod model;
 mod nnef;
 mod packed_linear;
+mod pixels;
 mod progress;
 mod quantize;
 

@@ -213,7 +213,7 @@ fn avx512<R>(body: impl FnOnce() -> R) -> R {
 
 /// The binary operation of a node, in any of the forms tract's plan gives it, when its output keeps
 /// the inputs' type.
-fn binary(node: &TypedNode) -> Option<&dyn BinMiniOp> {
+pub(crate) fn binary(node: &TypedNode) -> Option<&dyn BinMiniOp> {
     if let Some(op) = node.op_as::<TypedBinOp>() {
         return op.1.is_none().then_some(&*op.0);
     }

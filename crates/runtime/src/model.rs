@@ -72,12 +72,14 @@ pub enum RuntimeError {
 /// Compiles a kiln graph for this machine as [`Model`] does: tract's declutter, the linear layers of
 /// f32 graphs given kiln's AVX-512 kernel where the CPU has it, then tract's codegen, which packs
 /// kiln's int8 and bf16 layers and fuses the operations around every packed layer, then the layer
-/// norms left as chains of nodes made one operation each.
+/// norms left as chains of nodes made one operation each, and the image's scaling to planes one
+/// operation.
 pub fn optimize(mut model: TypedModel) -> TractResult<TypedModel> {
     model.declutter()?;
     model.transform(&crate::linear_f32::PackF32Linears)?;
     model.optimize()?;
     model.transform(&crate::layer_norm::PlanLayerNorms)?;
+    model.transform(&crate::pixels::PlanScalePixels)?;
     Ok(model)
 }
 

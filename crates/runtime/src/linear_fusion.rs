@@ -476,7 +476,7 @@ mod tests {
     }
 
     /// kiln's plan makes the norm read twice one `LayerNorm` operation, with the bits of the chain it
-    /// replaces, on one thread or two (rows split as the layers split them: 29 rows, 24 and 5).
+    /// replaces, on one thread or two (rows split as the layers split them: 29 rows, 15 and 14).
     #[test]
     fn a_norm_read_twice_is_one_operation_of_the_same_bits() -> TestResult {
         for int8 in [true, false] {

@@ -396,10 +396,10 @@ fn pack(model: &TypedModel, node: &TypedNode, layer: LinearLayer) -> TractResult
 /// bias, as `f32[n]`.
 fn bias_after(model: &TypedModel, node: &TypedNode, n: usize) -> TractResult<Option<(usize, Tensor)>> {
     let output = OutletId::new(node.id, 0);
-    let readers = &node.outputs[0].successors;
-    if readers.len() != 1 || model.output_outlets()?.contains(&output) {
+    if !crate::linear_fusion::read_once(model, output)? {
         return Ok(None);
     }
+    let readers = &node.outputs[0].successors;
     let add = model.node(readers[0].node);
     let is_add = add.op_as::<TypedBinOp>().is_some_and(|op| op.0.is::<Add>() && op.1.is_none());
     if !is_add || add.inputs.len() != 2 {

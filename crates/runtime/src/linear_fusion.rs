@@ -226,6 +226,13 @@ pub(crate) fn binary(node: &TypedNode) -> Option<&dyn BinMiniOp> {
         .or_else(|| node.op_as::<OptBinUnicast>().map(|op| &*op.binop))
 }
 
+/// Whether `outlet` is read by one node and is not a model output: what an operation must be to be
+/// fused into its reader.
+pub(crate) fn read_once(model: &TypedModel, outlet: OutletId) -> TractResult<bool> {
+    Ok(model.node(outlet.node).outputs[outlet.slot].successors.len() == 1
+        && !model.output_outlets()?.contains(&outlet))
+}
+
 /// The f32 scalar constant `outlet` holds, if it is one.
 fn scalar(model: &TypedModel, outlet: OutletId) -> TractResult<Option<f32>> {
     let fact = model.outlet_fact(outlet)?;
@@ -244,9 +251,7 @@ pub(crate) fn layer_norm_before(
     node: &TypedNode,
 ) -> TractResult<Option<(OutletId, Normalize)>> {
     let norm = node.inputs[0];
-    if model.node(norm.node).outputs[norm.slot].successors.len() != 1
-        || model.output_outlets()?.contains(&norm)
-    {
+    if !read_once(model, norm)? {
         return Ok(None);
     }
     layer_norm(model, norm)
@@ -293,10 +298,10 @@ pub(crate) fn epilogue_after(
     node: &TypedNode,
 ) -> TractResult<Option<(usize, Epilogue, Option<OutletId>)>> {
     let output = OutletId::new(node.id, 0);
-    let readers = &node.outputs[0].successors;
-    if readers.len() != 1 || model.output_outlets()?.contains(&output) {
+    if !read_once(model, output)? {
         return Ok(None);
     }
+    let readers = &node.outputs[0].successors;
     let after = model.node(readers[0].node);
     if after.op_as::<ElementWiseOp>().is_some_and(|op| op.0.is::<GeluExact>() && op.1.is_none()) {
         return Ok(Some((after.id, Epilogue::Gelu, None)));

@@ -124,7 +124,8 @@ fn chain(model: &TypedModel, add: &TypedNode) -> TractResult<Option<(OutletId, S
     }
     let planes = cast_node.inputs[0];
     let planes_node = model.node(planes.node);
-    if planes_node.op_as::<AxisOp>() != Some(&AxisOp::Move(3, 1)) || !read_once(model, planes)? {
+    if planes_node.op_as::<AxisOp>() != Some(&AxisOp::Move(3, 1)) || !linear_fusion::read_once(model, planes)?
+    {
         return Ok(None);
     }
     let image = planes_node.inputs[0];
@@ -153,17 +154,11 @@ fn by_channel<B: BinMiniOp>(
         || values.shape()[0] != 1
         || values.shape()[2..] != [1, 1]
         || fact.datum_type != f32::datum_type()
-        || !read_once(model, x)?
+        || !linear_fusion::read_once(model, x)?
     {
         return Ok(None);
     }
     Ok(Some((x, values.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())))
-}
-
-/// Whether `outlet` is read by one node and is not a model output.
-fn read_once(model: &TypedModel, outlet: OutletId) -> TractResult<bool> {
-    Ok(model.node(outlet.node).outputs[outlet.slot].successors.len() == 1
-        && !model.output_outlets()?.contains(&outlet))
 }
 
 #[cfg(test)]

@@ -35,6 +35,11 @@ use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 
+/// The kiln binary's allocator, because the bench worker runs kiln's runtime in this process and should
+/// time it as `kiln` runs it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// kiln's developer tasks.
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "kiln's developer tasks")]

@@ -13,6 +13,11 @@ use tract_core::internal::*;
 use tract_core::model::translator::Translate;
 use tract_linalg::multithread::Executor;
 
+/// The kiln binary's allocator: with glibc's, large activations went back to the kernel between runs and
+/// page faults took a tenth of a batch-8 run.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> TractResult<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = std::path::PathBuf::from(

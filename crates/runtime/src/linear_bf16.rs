@@ -435,7 +435,7 @@ mod bf16 {
     use std::arch::x86_64::*;
 
     use super::Tile;
-    use crate::packed_linear::avx512::{spill, store_channels};
+    use crate::packed_linear::avx512::{claim_outputs, spill, store_channels};
     use crate::packed_linear::{CHANNELS, LANES, VECTORS};
 
     /// Whether this CPU runs [`tile`], [`convert_row`] and [`round_in_place`].
@@ -577,6 +577,7 @@ mod bf16 {
         debug_assert!(tile.activations.len() >= pairs * T * 2);
         debug_assert!(tile.weights.len() >= pairs * CHANNELS * 2);
         debug_assert!(out.len() >= T * n);
+        claim_outputs::<T>(out, n, tile.channel);
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; T];
         let stride = pairs * 2;
         let (mut x, mut w) = (tile.activations.as_ptr(), tile.weights.as_ptr());

@@ -184,7 +184,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::Tile;
-    use crate::packed_linear::avx512::store_channels;
+    use crate::packed_linear::avx512::{claim_outputs, store_channels};
     use crate::packed_linear::{LANES, VECTORS};
 
     /// Whether this CPU runs [`tile`].
@@ -205,6 +205,7 @@ mod avx512 {
         debug_assert!(tile.rows.len() >= T * k);
         debug_assert!(tile.weights.len() >= k * VECTORS);
         debug_assert!(out.len() >= T * n);
+        claim_outputs::<T>(out, n, tile.channel);
         let acc = [[_mm512_setzero_ps(); VECTORS]; T];
         let (x, w) = (tile.rows.as_ptr(), tile.weights.as_ptr());
         // SAFETY: per this function's contract; the next group has `k * VECTORS` lines too.

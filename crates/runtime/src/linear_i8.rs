@@ -307,7 +307,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     use super::{PackedWeights, Tile};
-    use crate::packed_linear::avx512::{spill, store_channels};
+    use crate::packed_linear::avx512::{claim_outputs, spill, store_channels};
     use crate::packed_linear::{CHANNELS, LANES, VECTORS};
 
     /// Whether this CPU runs [`tile`] and [`quantize_row`].
@@ -360,6 +360,7 @@ mod vnni {
         let layer = tile.layer;
         let n = layer.n;
         debug_assert!(out.len() >= (T - 1) * n + tile.channel.min(n));
+        claim_outputs::<T>(out, n, tile.channel);
         let mut acc = [[_mm512_setzero_si512(); VECTORS]; T];
         let stride = tile.quads * 4;
         let (mut x, mut w) = (tile.activations.as_ptr(), tile.weights.as_ptr());

@@ -416,6 +416,21 @@ pub(crate) mod avx512 {
         unsafe { sums.assume_init() }
     }
 
+    /// Asks for the lines a tile of `T` rows will store (its channels from `channel` of each row of
+    /// `out`, `n` values a row) in a writable state, before its products. The output of a layer at
+    /// batch 8 is larger than L2: without this, each store waited for its line to be read in
+    /// (the int8 tile's epilogue was 12 % of its samples on Zen 4, 5 % with it).
+    #[inline(always)]
+    pub fn claim_outputs<const T: usize>(out: &[f32], n: usize, channel: usize) {
+        let last = (channel + CHANNELS).min(n) - 1;
+        for row in out.chunks(n).take(T) {
+            for o in [channel, last] {
+                // SAFETY: prefetching an address within `row` (prefetches never fault anyway).
+                unsafe { _mm_prefetch::<_MM_HINT_ET0>(row.as_ptr().add(o.min(row.len() - 1)).cast()) };
+            }
+        }
+    }
+
     /// Stores the 16 outputs `y` of channels `o..o + 16` into `row` (`n` values), only those below
     /// `n`.
     #[target_feature(enable = "avx512f")]

@@ -248,6 +248,43 @@ impl PackedWeights {
     fn pairs(&self) -> usize {
         self.k.div_ceil(2)
     }
+
+    /// [`Kernel::Widened`]: the rows rounded to bf16, kept in f32, into this thread's buffer, then
+    /// every tile.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    fn compute_widened(&self, values: &[f32], out: &mut [f32]) {
+        let (pairs, n) = (self.pairs(), self.n);
+        let width = pairs * 2;
+        ROUNDED.with_borrow_mut(|rounded| {
+            let rows = values.len() / self.k;
+            rounded.resize(rows * width, 0.0);
+            for (values, row) in values.chunks_exact(self.k).zip(rounded.chunks_exact_mut(width)) {
+                let (inputs, padding) = row.split_at_mut(self.k);
+                inputs.copy_from_slice(values);
+                round_to_bf16(inputs);
+                padding.fill(0.0);
+            }
+            let group_values = pairs * CHANNELS * 2;
+            for (group, first, count) in packed_linear::tiles(rows, n.div_ceil(CHANNELS)) {
+                let tile = widened::Tile {
+                    rows: &rounded[first * width..][..count * width],
+                    weights: &self.blocks[group * group_values..][..group_values],
+                    pairs,
+                    channel: group * CHANNELS,
+                    bias: &self.bias,
+                };
+                // SAFETY: `Kernel::Widened` is only chosen where the CPU has AVX-512 F, and the
+                // tile's slices have the lengths `widened::tile` assumes.
+                unsafe {
+                    packed_linear::tile_for_rows!(
+                        count,
+                        widened::tile(&tile, &mut out[first * n..(first + count) * n])
+                    )
+                }
+            }
+        })
+    }
 }
 
 impl PackedLayer for PackedWeights {
@@ -276,6 +313,10 @@ impl PackedLayer for PackedWeights {
                 crate::amx::PackedBf16 { k: self.k, n: self.n, blocks: &self.blocks, bias: &self.bias };
             return crate::amx::linear_bf16(&layer, values, out);
         }
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Kernel::Widened {
+            return self.compute_widened(values, out);
+        }
         ACTIVATIONS.with_borrow_mut(|activations| {
             let width = self.pairs() * 2;
             let rows = values.len() / self.k;
@@ -287,7 +328,7 @@ impl PackedLayer for PackedWeights {
                     // F and BF16.
                     #[cfg(target_arch = "x86_64")]
                     #[allow(unsafe_code)]
-                    Kernel::Bf16 | Kernel::Amx => unsafe { convert_row(values, 1.0, row) },
+                    Kernel::Bf16 | Kernel::Amx | Kernel::Widened => unsafe { convert_row(values, 1.0, row) },
                     Kernel::Portable => {
                         row.iter_mut().zip(values).for_each(|(b, &v)| *b = bf16_bits(v));
                         row[values.len()..].fill(0);
@@ -338,23 +379,39 @@ impl Bf16Operands<'_> {
             let out = &mut out[first * self.n..(first + count) * self.n];
             match kernel {
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Bf16 | Kernel::Amx => tile.compute_bf16(out),
+                Kernel::Bf16 | Kernel::Amx | Kernel::Widened => tile.compute_bf16(out),
                 Kernel::Portable => tile.compute_portable(out),
             }
         }
     }
 }
 
-/// Whether this CPU runs [`Bf16Operands::compute`]'s AVX-512 kernel (`Kernel::Bf16`).
+/// Whether `vdpbf16ps` ([`Kernel::Bf16`], [`Bf16Operands::compute`]) is this CPU's fastest product
+/// of bf16 operands short of AMX: AVX512_BF16 on a core that runs it at full rate. AMD's cores
+/// (Zen 4 on) do, two products a lane in the time `vfmadd231ps` takes for one. Intel's cores that
+/// have it (Cooper Lake; Sapphire and Emerald Rapids where AMX is hidden, as under some
+/// hypervisors) split it into micro-ops: 1.3 G/s against 5.4 G/s for `vfmadd231ps` on an Emerald
+/// Rapids VM, half the products; there [`Kernel::Widened`] does the same arithmetic faster.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn avx512_runs() -> bool {
-    bf16::available()
+pub(crate) fn pairs_pay() -> bool {
+    bf16::available() && !intel()
+}
+
+/// Whether the CPU's vendor is Intel (CPUID leaf 0).
+#[cfg(target_arch = "x86_64")]
+fn intel() -> bool {
+    let id = std::arch::x86_64::__cpuid(0);
+    [id.ebx, id.edx, id.ecx] == [*b"Genu", *b"ineI", *b"ntel"].map(u32::from_le_bytes)
 }
 
 thread_local! {
     /// The rows converted to bf16 for the kernels (`ceil(k / 2) * 2` values a row, the padding input
     /// zero), in a buffer each thread keeps between calls, as `linear_i8` does for the same reason.
     static ACTIVATIONS: std::cell::RefCell<Vec<u16>> = Default::default();
+    /// The same rows for [`Kernel::Widened`]: bf16 values held in f32, which its `vfmadd231ps`
+    /// broadcast straight from memory.
+    #[cfg(target_arch = "x86_64")]
+    static ROUNDED: std::cell::RefCell<Vec<f32>> = Default::default();
 }
 
 /// Which implementation computes the tiles.
@@ -364,9 +421,15 @@ pub(crate) enum Kernel {
     /// whole slices of rows, not the AVX-512 kernel's tiles (which compute the same on AMX CPUs).
     #[cfg(target_arch = "x86_64")]
     Amx,
-    /// AVX512_BF16 (`vdpbf16ps`), where the CPU has it.
+    /// AVX512_BF16 (`vdpbf16ps`), where the CPU has it and runs it at full rate ([`pairs_pay`]).
     #[cfg(target_arch = "x86_64")]
     Bf16,
+    /// AVX-512 F on AVX512_BF16 CPUs whose `vdpbf16ps` is slow: the same products with the weights
+    /// widened to f32 in registers and each pair's two added by `vfmadd231ps` in `vdpbf16ps`'s order
+    /// (odd, then even), so the outputs are the same bits. Attention heads, whose operands are
+    /// packed per call, take the f32 kernels on rounded operands instead.
+    #[cfg(target_arch = "x86_64")]
+    Widened,
     /// Plain Rust, with `vdpbf16ps`'s exact arithmetic: the unoptimized graph's path and the
     /// AVX-512 kernel's reference (optimized plans without AVX512_BF16 use tract's f32 matmul).
     Portable,
@@ -380,7 +443,7 @@ impl Kernel {
         }
         #[cfg(target_arch = "x86_64")]
         if bf16::available() {
-            return Kernel::Bf16;
+            return if pairs_pay() { Kernel::Bf16 } else { Kernel::Widened };
         }
         Kernel::Portable
     }
@@ -601,19 +664,32 @@ mod bf16 {
                 w = w.add(CHANNELS * 2);
             }
         }
+        store_sums(&acc, operands.bias, tile.channel, out);
+    }
+
+    /// Adds the bias (padded to whole groups) to the sums `acc` of `T` rows from `channel` and
+    /// stores those below `n` into `out` (`T` rows of `n` values): both AVX-512 kernels end here.
+    #[target_feature(enable = "avx512f")]
+    pub fn store_sums<const T: usize>(
+        acc: &[[__m512; VECTORS]; T],
+        bias: Option<&[f32]>,
+        channel: usize,
+        out: &mut [f32],
+    ) {
+        let n = out.len() / T;
         // SAFETY: 16 f32 lanes a register.
-        let sums: [[f32; CHANNELS]; T] = unsafe { spill(&acc) };
+        let sums: [[f32; CHANNELS]; T] = unsafe { spill(acc) };
         for (t, sums) in sums.iter().enumerate() {
             let out = &mut out[t * n..][..n];
             for (v, sum) in sums.chunks_exact(LANES).enumerate() {
-                let o = tile.channel + v * LANES;
+                let o = channel + v * LANES;
                 if o >= n {
                     break;
                 }
                 // SAFETY: 16 sums, and the bias is padded to whole groups.
                 let y = unsafe {
                     let sum = _mm512_loadu_ps(sum.as_ptr());
-                    match operands.bias {
+                    match bias {
                         Some(bias) => _mm512_add_ps(sum, _mm512_loadu_ps(bias.as_ptr().add(o))),
                         None => sum,
                     }
@@ -621,6 +697,69 @@ mod bf16 {
                 store_channels(out, o, y);
             }
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod widened {
+    use std::arch::x86_64::*;
+
+    use crate::packed_linear::avx512::claim_outputs;
+    use crate::packed_linear::{CHANNELS, LANES, VECTORS};
+
+    /// One tile of [`super::Kernel::Widened`]: up to [`crate::packed_linear::TOKENS`] rows by one
+    /// group of [`CHANNELS`] channels.
+    pub struct Tile<'a> {
+        /// The rows' activations rounded to bf16, in f32, row-major, `pairs * 2` values each.
+        pub rows: &'a [f32],
+        /// The group's packed weights, `[pairs][CHANNELS][2]` bf16.
+        pub weights: &'a [u16],
+        pub pairs: usize,
+        /// The group's first output channel.
+        pub channel: usize,
+        /// Per output, padded to whole groups.
+        pub bias: &'a [f32],
+    }
+
+    /// The tile of `T` rows: `T * VECTORS` accumulators; per pair of inputs, `VECTORS` weight loads
+    /// widened to two f32 registers each (the even input's weight shifted up, the odd one's masked),
+    /// then per row two `vfmadd231ps` a register, each broadcasting its input from memory.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; `tile.rows` holds `T` rows of `pairs * 2` values, `tile.weights`
+    /// `pairs * CHANNELS * 2`, and `out` `T` rows of `n` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile<const T: usize>(tile: &Tile, out: &mut [f32]) {
+        let pairs = tile.pairs;
+        let n = out.len() / T;
+        debug_assert!(tile.rows.len() >= pairs * T * 2);
+        debug_assert!(tile.weights.len() >= pairs * CHANNELS * 2);
+        claim_outputs::<T>(out, n, tile.channel);
+        let mut acc = [[_mm512_setzero_ps(); VECTORS]; T];
+        let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
+        let stride = pairs * 2;
+        let (mut x, mut w) = (tile.rows.as_ptr(), tile.weights.as_ptr());
+        for _ in 0..pairs {
+            // SAFETY: within the slices, per the lengths above.
+            unsafe {
+                let packed: [__m512i; VECTORS] =
+                    std::array::from_fn(|v| _mm512_loadu_si512(w.add(v * LANES * 2) as *const __m512i));
+                let even = packed.map(|p| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(p)));
+                let odd = packed.map(|p| _mm512_castsi512_ps(_mm512_and_si512(p, high)));
+                for (t, row) in acc.iter_mut().enumerate() {
+                    let (first, second) =
+                        (_mm512_set1_ps(*x.add(t * stride)), _mm512_set1_ps(*x.add(t * stride + 1)));
+                    for (v, sum) in row.iter_mut().enumerate() {
+                        *sum = _mm512_fmadd_ps(second, odd[v], *sum);
+                        *sum = _mm512_fmadd_ps(first, even[v], *sum);
+                    }
+                }
+                x = x.add(2);
+                w = w.add(CHANNELS * 2);
+            }
+        }
+        super::bf16::store_sums(&acc, Some(tile.bias), tile.channel, out);
     }
 }
 
@@ -790,11 +929,12 @@ mod tests {
         Ok(())
     }
 
-    /// The AVX512_BF16 kernel and the portable one round the same operands and add the same exact
-    /// products in the same order, so they agree bit for bit.
+    /// Both AVX-512 kernels (`vdpbf16ps`, and `vfmadd231ps` on widened weights) and the portable one
+    /// round the same operands and add the same exact products in the same order, so they agree
+    /// bit for bit, whichever of the two this CPU's plans take.
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn bf16_and_portable_kernels_agree_bit_for_bit() -> TestResult {
+    fn avx512_and_portable_kernels_agree_bit_for_bit() -> TestResult {
         assert!(bf16::available(), "this test needs an AVX512_BF16 CPU, as kiln's CI machines have");
         for (rows, k, n) in
             [(1, 1, 1), (1, 768, 3072), (5, 7, 40), (12, 64, 32), (25, 97, 101), (197, 768, 64)]
@@ -802,10 +942,12 @@ mod tests {
             let [weight, bias] = layer(n, k, rows + k * n)?;
             let weights = PackedWeights::new(&LinearBf16::weights(&weight)?, &bias)?;
             let x = pseudo_random(rows * k, 11);
-            let fast = run(&weights, &x, Kernel::Bf16)?;
             let portable = run(&weights, &x, Kernel::Portable)?;
-            let differ = fast.iter().zip(&portable).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-            assert_eq!(differ, 0, "{rows}x{k}x{n}: {differ} outputs differ");
+            for kernel in [Kernel::Bf16, Kernel::Widened] {
+                let fast = run(&weights, &x, kernel)?;
+                let differ = fast.iter().zip(&portable).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(differ, 0, "{kernel:?} {rows}x{k}x{n}: {differ} outputs differ");
+            }
         }
         Ok(())
     }

@@ -325,7 +325,7 @@ impl PackedLayer for PackedWeights {
             for (values, row) in values.chunks_exact(self.k).zip(activations.chunks_exact_mut(width)) {
                 match kernel {
                     // SAFETY: `Kernel::Bf16` and `Kernel::Amx` are only chosen on CPUs with AVX-512
-                    // F and BF16.
+                    // F and BF16. (`Kernel::Widened` returned above, with rows of its own.)
                     #[cfg(target_arch = "x86_64")]
                     #[allow(unsafe_code)]
                     Kernel::Bf16 | Kernel::Amx | Kernel::Widened => unsafe { convert_row(values, 1.0, row) },
@@ -378,6 +378,7 @@ impl Bf16Operands<'_> {
             };
             let out = &mut out[first * self.n..(first + count) * self.n];
             match kernel {
+                // `vdpbf16ps` computes the bits `Kernel::Widened` does, on these bf16 rows.
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Bf16 | Kernel::Amx | Kernel::Widened => tile.compute_bf16(out),
                 Kernel::Portable => tile.compute_portable(out),

@@ -270,6 +270,7 @@ impl PackedWeights {
                 let tile = widened::Tile {
                     rows: &rounded[first * width..][..count * width],
                     weights: &self.blocks[group * group_values..][..group_values],
+                    next: packed_linear::next_share(&self.blocks, group, group_values, first, rows),
                     pairs,
                     channel: group * CHANNELS,
                     bias: &self.bias,
@@ -372,6 +373,7 @@ impl Bf16Operands<'_> {
             let tile = Tile {
                 activations: &self.activations[first * width..][..count * width],
                 weights: &self.weights[group * group_values..][..group_values],
+                next: packed_linear::next_share(self.weights, group, group_values, first, rows),
                 rows: count,
                 channel: group * CHANNELS,
                 operands: self,
@@ -456,6 +458,8 @@ struct Tile<'a> {
     activations: &'a [u16],
     /// The group's packed weights.
     weights: &'a [u16],
+    /// This tile's share of the next group's, to fetch while it computes.
+    next: &'a [u16],
     rows: usize,
     /// The group's first output channel.
     channel: usize,
@@ -499,7 +503,7 @@ mod bf16 {
     use std::arch::x86_64::*;
 
     use super::Tile;
-    use crate::packed_linear::avx512::{claim_outputs, spill, store_channels};
+    use crate::packed_linear::avx512::{Fetch, claim_outputs, spill, store_channels};
     use crate::packed_linear::{CHANNELS, LANES, VECTORS};
 
     /// Whether this CPU runs [`tile`], [`convert_row`] and [`round_in_place`].
@@ -645,7 +649,9 @@ mod bf16 {
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; T];
         let stride = pairs * 2;
         let (mut x, mut w) = (tile.activations.as_ptr(), tile.weights.as_ptr());
+        let mut fetch = Fetch::new(tile.next, pairs);
         for _ in 0..pairs {
+            fetch.step();
             // SAFETY: within the slices, per the lengths above; `__m512i` and `__m512bh` are both
             // 64 plain bytes.
             unsafe {
@@ -706,7 +712,7 @@ mod bf16 {
 mod widened {
     use std::arch::x86_64::*;
 
-    use crate::packed_linear::avx512::claim_outputs;
+    use crate::packed_linear::avx512::{Fetch, claim_outputs};
     use crate::packed_linear::{CHANNELS, LANES, VECTORS};
 
     /// One tile of [`super::Kernel::Widened`]: up to [`crate::packed_linear::TOKENS`] rows by one
@@ -716,6 +722,8 @@ mod widened {
         pub rows: &'a [f32],
         /// The group's packed weights, `[pairs][CHANNELS][2]` bf16.
         pub weights: &'a [u16],
+        /// This tile's share of the next group's, to fetch while it computes.
+        pub next: &'a [u16],
         pub pairs: usize,
         /// The group's first output channel.
         pub channel: usize,
@@ -741,7 +749,9 @@ mod widened {
         let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
         let stride = pairs * 2;
         let (mut x, mut w) = (tile.rows.as_ptr(), tile.weights.as_ptr());
+        let mut fetch = Fetch::new(tile.next, pairs);
         for _ in 0..pairs {
+            fetch.step();
             // SAFETY: within the slices, per the lengths above.
             unsafe {
                 let packed: [__m512i; VECTORS] =

@@ -97,14 +97,13 @@ impl PackedLayer for PackedWeights {
     fn compute_rows(&self, kernel: Kernel, values: &[f32], out: &mut [f32]) {
         let (k, n) = (self.k, self.n);
         let groups = n.div_ceil(CHANNELS);
-        for (group, first, count) in packed_linear::tiles(values.len() / k, groups) {
-            let next_group =
-                (first == 0 && group + 1 < groups).then(|| &self.blocks[(group + 1) * k * VECTORS..]);
+        let rows = values.len() / k;
+        for (group, first, count) in packed_linear::tiles(rows, groups) {
             let tile = Tile {
                 rows: &values[first * k..][..count * k],
                 count,
                 weights: &self.blocks[group * k * VECTORS..][..k * VECTORS],
-                next_group: next_group.map(|next| &next[..k * VECTORS]),
+                next: packed_linear::next_share(&self.blocks, group, k * VECTORS, first, rows),
                 channel: group * CHANNELS,
                 layer: self,
             };
@@ -146,9 +145,8 @@ struct Tile<'a> {
     count: usize,
     /// The group's packed weights.
     weights: &'a [Lanes],
-    /// The next group's, for the first tile of a group to fetch from memory while the group's
-    /// own weights, fetched by the tile before, come from cache.
-    next_group: Option<&'a [Lanes]>,
+    /// This tile's share of the next group's weights, to fetch while it computes.
+    next: &'a [Lanes],
     /// The group's first output channel.
     channel: usize,
     layer: &'a PackedWeights,
@@ -184,7 +182,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::Tile;
-    use crate::packed_linear::avx512::{claim_outputs, store_channels};
+    use crate::packed_linear::avx512::{Fetch, claim_outputs, store_channels};
     use crate::packed_linear::{LANES, VECTORS};
 
     /// Whether this CPU runs [`tile`].
@@ -208,13 +206,8 @@ mod avx512 {
         claim_outputs::<T>(out, n, tile.channel);
         let acc = [[_mm512_setzero_ps(); VECTORS]; T];
         let (x, w) = (tile.rows.as_ptr(), tile.weights.as_ptr());
-        // SAFETY: per this function's contract; the next group has `k * VECTORS` lines too.
-        let acc = unsafe {
-            match tile.next_group {
-                Some(next) => products::<T, true>(acc, x, k, w, next.as_ptr()),
-                None => products::<T, false>(acc, x, k, w, w),
-            }
-        };
+        // SAFETY: per this function's contract.
+        let acc = unsafe { products::<T>(acc, x, k, w, Fetch::new(tile.next, k)) };
         for (t, row) in acc.iter().enumerate() {
             let out = &mut out[t * n..][..n];
             for (v, sum) in row.iter().enumerate() {
@@ -230,30 +223,25 @@ mod avx512 {
     }
 
     /// Adds to `acc` the products of the `k` inputs of `T` rows (`x`, `k` apart) by the weights'
-    /// lines, and with `PREFETCH` fetches the lines of `next` into L2 one input at a time. A
-    /// function of its own with the accumulators by value: written inline in [`tile`], LLVM kept
-    /// some of them on the stack for some `T`.
+    /// lines, fetching the tile's share of the next group on the way. A function of its own with
+    /// the accumulators by value: written inline in [`tile`], LLVM kept some of them on the stack
+    /// for some `T`.
     ///
     /// # Safety
     /// The CPU has AVX-512 F; `x` points to `T` rows of `k` readable values, `w` to `k * VECTORS`
-    /// aligned lines, and with `PREFETCH`, `next` too.
+    /// aligned lines.
     #[inline(always)]
-    unsafe fn products<const T: usize, const PREFETCH: bool>(
+    unsafe fn products<const T: usize>(
         mut acc: [[__m512; VECTORS]; T],
         mut x: *const f32,
         k: usize,
         mut w: *const super::Lanes,
-        mut next: *const super::Lanes,
+        mut fetch: Fetch,
     ) -> [[__m512; VECTORS]; T] {
         for _ in 0..k {
+            fetch.step();
             // SAFETY: per the contract.
             unsafe {
-                if PREFETCH {
-                    for v in 0..VECTORS {
-                        _mm_prefetch::<_MM_HINT_T1>(next.add(v).cast());
-                    }
-                    next = next.add(VECTORS);
-                }
                 let weights: [__m512; VECTORS] = std::array::from_fn(|v| _mm512_load_ps(w.add(v).cast()));
                 for (t, row) in acc.iter_mut().enumerate() {
                     let input = _mm512_set1_ps(*x.add(t * k));

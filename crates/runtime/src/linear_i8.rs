@@ -185,10 +185,12 @@ impl PackedLayer for PackedWeights {
             let (packed, row_scales) = (activations.rows(), &activations.scales);
             let quads = self.k.div_ceil(4);
             let group_bytes = quads * CHANNELS * 4;
-            for (group, first, count) in packed_linear::tiles(row_scales.len(), self.n.div_ceil(CHANNELS)) {
+            let rows = row_scales.len();
+            for (group, first, count) in packed_linear::tiles(rows, self.n.div_ceil(CHANNELS)) {
                 let tile = Tile {
                     activations: &packed[first * quads * 4..][..count * quads * 4],
                     weights: &self.blocks[group * group_bytes..][..group_bytes],
+                    next: packed_linear::next_share(&self.blocks, group, group_bytes, first, rows),
                     quads,
                     row_scales: &row_scales[first..first + count],
                     channel: group * CHANNELS,
@@ -257,6 +259,8 @@ struct Tile<'a> {
     activations: &'a [u8],
     /// The group's packed weights.
     weights: &'a [i8],
+    /// This tile's share of the next group's, to fetch while it computes.
+    next: &'a [i8],
     quads: usize,
     row_scales: &'a [f32],
     /// The group's first output channel.
@@ -307,7 +311,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     use super::{PackedWeights, Tile};
-    use crate::packed_linear::avx512::{claim_outputs, spill, store_channels};
+    use crate::packed_linear::avx512::{Fetch, claim_outputs, spill, store_channels};
     use crate::packed_linear::{CHANNELS, LANES, VECTORS};
 
     /// Whether this CPU runs [`tile`] and [`quantize_row`].
@@ -364,7 +368,9 @@ mod vnni {
         let mut acc = [[_mm512_setzero_si512(); VECTORS]; T];
         let stride = tile.quads * 4;
         let (mut x, mut w) = (tile.activations.as_ptr(), tile.weights.as_ptr());
+        let mut fetch = Fetch::new(tile.next, tile.quads);
         for _ in 0..tile.quads {
+            fetch.step();
             // SAFETY: within the slices, per the lengths above.
             unsafe {
                 let weights: [__m512i; VECTORS] =

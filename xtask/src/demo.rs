@@ -153,7 +153,7 @@ async fn serve_and_call(kiln: &Path, base: &Path, image: &[u8]) -> anyhow::Resul
     Ok(())
 }
 
-/// What `tf.make_tensor_proto([value])` builds: a DT_STRING tensor of shape [1].
+/// What `tf.make_tensor_proto([value])` builds: a DT_STRING tensor of shape `[1]`.
 pub(crate) fn string_tensor(value: Vec<u8>) -> TensorProto {
     TensorProto {
         dtype: DataType::DtString as i32,

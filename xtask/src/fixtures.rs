@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long, global = true, value_name = "PYTHON")]
     python: Option<PathBuf>,
     /// Regenerate only these parts from the committed files, keeping everything else, then rewrite
-    /// CHECKSUMS: `images`, `vit` (retrain both ViTs), `vit-references`, `archs` (every tiny-<arch>) or one
+    /// CHECKSUMS: `images`, `vit` (retrain both ViTs), `vit-references`, `archs` (every `tiny-<arch>`) or one
     /// architecture such as `deit` (`fixtures/generate.py committed --help` lists them).
     #[arg(long, num_args = 1.., value_name = "PART", conflicts_with = "check")]
     only: Vec<String>,

@@ -3,7 +3,7 @@
 //! [`Source::open`] reads a checkpoint directory or file (`model.safetensors`, `pytorch_model.bin` or
 //! `model.onnx`, each beside `config.json` / `preprocessor_config.json`); [`Source::graph`] builds the fused
 //! graph that takes decoded, resized, cropped `u8` RGB images and returns `confidence`, `class_index` and
-//! `logits`. Which model family builds the graph is [`architecture`]'s choice.
+//! `logits`. Which model family builds the graph is the `architecture` module's choice.
 
 mod architecture;
 mod config;

@@ -83,8 +83,9 @@ impl TypedOp for Attention {
 /// [`Attention`] on bf16 operands: the query, key and value rounded to bf16 (to nearest, ties to
 /// even, as [`crate::LinearBf16`] rounds its inputs), the probabilities too before the context
 /// product, the products (exact in f32) summed in f32, the softmax in f32. On AMX CPUs both products run
-/// on tiles ([`crate::amx`]), on other AVX512_BF16 CPUs on `vdpbf16ps` (head sizes of whole 32s);
-/// elsewhere the f32 kernels run on the rounded operands.
+/// on tiles (`tdpbf16ps`), on CPUs that run `vdpbf16ps` at full rate (AMD's) on it (head sizes of
+/// whole 32s); elsewhere, Intel's AVX512_BF16 cores included, the f32 kernels run on the rounded
+/// operands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AttentionBf16;
 

@@ -475,16 +475,19 @@ pub(crate) mod avx512 {
     }
 
     /// Asks for the lines a tile of `T` rows will store (its channels from `channel` of each row of
-    /// `out`, `n` values a row) in a writable state, before its products. The output of a layer at
-    /// batch 8 is larger than L2: without this, each store waited for its line to be read in
-    /// (the int8 tile's epilogue was 12 % of its samples on Zen 4, 5 % with it).
+    /// `out`, `n` values a row) before its products. The output of a layer at batch 8 is larger than
+    /// L2: without this, each store waited for its line to be read in (the int8 tile's epilogue was
+    /// 12 % of its samples on Zen 4, 5 % with it). A read prefetch (`prefetcht0`, which is also what
+    /// `_MM_HINT_ET0` compiles to: Rust's `prfchw` target feature is unstable): a line no other core
+    /// holds arrives exclusive, and stores to it need no second request. `prefetchw` itself, by
+    /// inline assembly, was no faster on an Emerald Rapids VM.
     #[inline(always)]
     pub fn claim_outputs<const T: usize>(out: &[f32], n: usize, channel: usize) {
         let last = (channel + CHANNELS).min(n) - 1;
         for row in out.chunks(n).take(T) {
             for o in [channel, last] {
                 // SAFETY: prefetching an address within `row` (prefetches never fault anyway).
-                unsafe { _mm_prefetch::<_MM_HINT_ET0>(row.as_ptr().add(o.min(row.len() - 1)).cast()) };
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(o.min(row.len() - 1)).cast()) };
             }
         }
     }

@@ -5,9 +5,10 @@
 //! `batch_timeout` is reached, decodes and resizes the batch's images on the decode threads, runs the
 //! graph once, and answers each request on its own oneshot channel. Requests whose deadline has passed
 //! or whose client has gone are dropped before any work is spent on them (and again between decoding and
-//! the graph run), and counted in `kiln_cancelled_requests_total`; a full queue refuses new requests at once
-//! ([`ServeError::ResourceExhausted`]) so overload never grows memory or latency without bound. The async
-//! executor only enqueues and awaits.
+//! the graph run), and counted in `kiln_cancelled_requests_total`; a full queue first drops those it holds,
+//! then refuses new requests at once ([`ServeError::ResourceExhausted`]) so overload never grows memory or
+//! latency without bound, and requests nobody waits for never turn live ones away. The async executor only
+//! enqueues and awaits.
 //!
 //! Threads outlive model versions, so memory stays flat across reloads: with glibc each thread that
 //! allocates holds a malloc arena, and an arena keeps its largest free block (up to twice the largest
@@ -90,17 +91,77 @@ struct QueueState {
     finished: bool,
 }
 
+/// What [`QueueState::admit`] did with a job.
+struct Admission {
+    /// Queued jobs swept out to make room, to be answered once the lock is released.
+    removed: Vec<(Job, Cancelled)>,
+    /// Instances queued before the job.
+    queued: usize,
+    /// Whether the job was queued; a refused job is dropped.
+    accepted: bool,
+}
+
+impl QueueState {
+    /// Queues `job` if its instances fit in `capacity`; when they do not, first sweeps out the jobs no
+    /// longer worth running, so requests nobody waits for never turn live ones away. The sweep is a pass
+    /// over the queue, paid only when it is full.
+    fn admit(&mut self, job: Job, capacity: usize, now: Instant) -> Admission {
+        let fits = |state: &QueueState| state.instances + job.inputs.len() <= capacity;
+        let removed = if fits(self) { vec![] } else { self.remove_cancelled(now) };
+        let queued = self.instances;
+        let accepted = fits(self);
+        if accepted {
+            self.instances += job.inputs.len();
+            self.jobs.push_back(job);
+        }
+        Admission { removed, queued, accepted }
+    }
+
+    /// Takes the queued jobs no longer worth running at `now` out of the queue, with why.
+    fn remove_cancelled(&mut self, now: Instant) -> Vec<(Job, Cancelled)> {
+        let mut removed = vec![];
+        for job in std::mem::take(&mut self.jobs) {
+            match job.cancelled(now) {
+                Some(reason) => {
+                    self.instances -= job.inputs.len();
+                    removed.push((job, reason));
+                }
+                None => self.jobs.push_back(job),
+            }
+        }
+        removed
+    }
+}
+
+/// What a queue and its batch thread share.
 struct Shared {
     state: Mutex<QueueState>,
     ready: Condvar,
     /// Signalled when `finished` is set.
     done: Condvar,
+    labels: QueueLabels,
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         // A panic while holding the lock cannot leave the queue inconsistent (each mutation is one step).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers a job that will not run (when someone may still read the answer) and counts it.
+    fn cancel(&self, job: Job, reason: Cancelled) {
+        self.metrics.count_cancelled(&self.labels.model_name, reason);
+        if reason == Cancelled::DeadlineExceeded {
+            let _ = job.reply.send(Err(JobError::Request(ServeError::DeadlineExceeded(format!(
+                "Deadline exceeded: the request's deadline passed before model {}:{} ran it",
+                self.labels.model_name, self.labels.version
+            )))));
+        }
+    }
+
+    fn set_queue_depth(&self, instances: usize) {
+        self.metrics.set_queue_depth(&self.labels.model_name, self.labels.version, instances);
     }
 }
 
@@ -139,11 +200,12 @@ impl BatchQueue {
             }),
             ready: Condvar::new(),
             done: Condvar::new(),
+            labels,
+            metrics,
         });
-        let label = format!("{}:{}", labels.model_name, labels.version);
+        let label = format!("{}:{}", shared.labels.model_name, shared.labels.version);
         let decode = decode_pool(options.decode_threads)?;
-        let worker =
-            BatchWorker { model, options: options.clone(), shared: shared.clone(), labels, metrics, decode };
+        let worker = BatchWorker { model, options: options.clone(), shared: shared.clone(), decode };
         run_on_batch_thread(worker)?;
         Ok(BatchQueue { shared, options, label })
     }
@@ -177,16 +239,22 @@ impl BatchQueue {
                 self.label
             )));
         }
-        if state.instances + inputs.len() > self.options.capacity {
+        let Admission { removed, queued, accepted } =
+            state.admit(Job { inputs, reply, deadline }, self.options.capacity, Instant::now());
+        drop(state);
+        if !removed.is_empty() {
+            self.shared.set_queue_depth(queued);
+            for (job, reason) in removed {
+                self.shared.cancel(job, reason);
+            }
+        }
+        if !accepted {
             return Err(ServeError::ResourceExhausted(format!(
-                "The batch scheduling queue to which this task was submitted is full: model {} has {} instances \
-                 queued (capacity {}); retry later",
-                self.label, state.instances, self.options.capacity
+                "The batch scheduling queue to which this task was submitted is full: model {} has {queued} \
+                 instances queued (capacity {}); retry later",
+                self.label, self.options.capacity
             )));
         }
-        state.instances += inputs.len();
-        state.jobs.push_back(Job { inputs, reply, deadline });
-        drop(state);
         self.shared.ready.notify_one();
         Ok(receiver)
     }
@@ -239,7 +307,7 @@ fn run_on_batch_thread(mut worker: BatchWorker) -> std::io::Result<()> {
         let mut next = Some(worker);
         while let Some(worker) = next {
             let shared = worker.shared.clone();
-            let label = format!("{}:{}", worker.labels.model_name, worker.labels.version);
+            let label = format!("{}:{}", shared.labels.model_name, shared.labels.version);
             if std::panic::catch_unwind(AssertUnwindSafe(|| worker.run())).is_err() {
                 tracing::error!(model = %label, "batch thread panicked");
             }
@@ -257,8 +325,6 @@ struct BatchWorker {
     model: Arc<Model>,
     options: BatchOptions,
     shared: Arc<Shared>,
-    labels: QueueLabels,
-    metrics: Arc<Metrics>,
     decode: Arc<ThreadPool>,
 }
 
@@ -268,7 +334,8 @@ impl BatchWorker {
             // A panic in the engine fails this batch's requests (their senders drop) but keeps the
             // queue serving.
             if std::panic::catch_unwind(AssertUnwindSafe(|| self.process(batch))).is_err() {
-                tracing::error!(model = %self.labels.model_name, version = self.labels.version, "batch panicked");
+                let labels = &self.shared.labels;
+                tracing::error!(model = %labels.model_name, version = labels.version, "batch panicked");
             }
         }
     }
@@ -291,7 +358,7 @@ impl BatchWorker {
                 let job = state.jobs.pop_front().expect("front exists");
                 state.instances -= job.inputs.len();
                 if let Some(reason) = cancelled {
-                    self.cancel(job, reason);
+                    self.shared.cancel(job, reason);
                     continue;
                 }
                 size += job.inputs.len();
@@ -323,19 +390,8 @@ impl BatchWorker {
     }
 
     fn take(&self, state: std::sync::MutexGuard<'_, QueueState>, batch: Vec<Job>) -> Vec<Job> {
-        self.metrics.set_queue_depth(&self.labels.model_name, self.labels.version, state.instances);
+        self.shared.set_queue_depth(state.instances);
         batch
-    }
-
-    /// Answers a job that will not run (when someone may still read the answer) and counts it.
-    fn cancel(&self, job: Job, reason: Cancelled) {
-        self.metrics.count_cancelled(&self.labels.model_name, reason);
-        if reason == Cancelled::DeadlineExceeded {
-            let _ = job.reply.send(Err(JobError::Request(ServeError::DeadlineExceeded(format!(
-                "Deadline exceeded: the request's deadline passed before model {}:{} ran it",
-                self.labels.model_name, self.labels.version
-            )))));
-        }
     }
 
     /// The job back if it is still worth running at `now`; otherwise it is cancelled.
@@ -343,7 +399,7 @@ impl BatchWorker {
         match job.cancelled(now) {
             None => Some(job),
             Some(reason) => {
-                self.cancel(job, reason);
+                self.shared.cancel(job, reason);
                 None
             }
         }
@@ -379,7 +435,7 @@ impl BatchWorker {
             return;
         }
         let images: Vec<PreparedImage> = images.into_iter().flatten().collect();
-        self.metrics.observe_batch(&self.labels.model_name, images.len());
+        self.shared.metrics.observe_batch(&self.shared.labels.model_name, images.len());
         match self.model.infer(&images) {
             Ok(predictions) => {
                 let mut predictions = predictions.into_iter();
@@ -389,7 +445,8 @@ impl BatchWorker {
                 }
             }
             Err(error) => {
-                tracing::error!(model = %self.labels.model_name, version = self.labels.version, "{error}");
+                let labels = &self.shared.labels;
+                tracing::error!(model = %labels.model_name, version = labels.version, "{error}");
                 let error = ServeError::Internal(error.to_string());
                 for job in runnable {
                     let _ = job.reply.send(Err(JobError::Request(error.clone())));
@@ -401,5 +458,82 @@ impl BatchWorker {
     /// Decodes and resizes every instance on the decode pool, in order.
     fn prepare_all(&self, inputs: &[&[u8]]) -> Vec<Result<PreparedImage, InstanceError>> {
         self.decode.install(|| inputs.par_iter().map(|input| self.model.prepare(input)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job of `instances` instances, and the receiver its client waits on.
+    fn job(instances: usize, deadline: Option<Instant>) -> (Job, oneshot::Receiver<JobResult>) {
+        let (reply, receiver) = oneshot::channel();
+        (Job { inputs: vec![vec![0xff, 0xd8]; instances], reply, deadline }, receiver)
+    }
+
+    fn queue(jobs: Vec<Job>) -> QueueState {
+        let instances = jobs.iter().map(|job| job.inputs.len()).sum();
+        QueueState { jobs: jobs.into(), instances, closed: false, finished: false }
+    }
+
+    fn sizes(state: &QueueState) -> Vec<usize> {
+        state.jobs.iter().map(|job| job.inputs.len()).collect()
+    }
+
+    #[test]
+    fn a_full_queue_sweeps_out_the_requests_nobody_waits_for_before_refusing() {
+        let now = Instant::now();
+        let (expired, _expired_client) = job(3, Some(now));
+        let (abandoned, abandoned_client) = job(1, None);
+        drop(abandoned_client);
+        let (live, _live_client) = job(2, Some(now + Duration::from_secs(60)));
+        let (patient, _patient_client) = job(4, None);
+        let mut state = queue(vec![live, expired, abandoned, patient]);
+        let (new, _new_client) = job(2, None);
+
+        let admission = state.admit(new, 10, now);
+
+        assert!(admission.accepted);
+        assert_eq!(admission.queued, 6, "instances still queued before the new job");
+        let reasons: Vec<Cancelled> = admission.removed.iter().map(|(_, reason)| *reason).collect();
+        assert_eq!(reasons, [Cancelled::DeadlineExceeded, Cancelled::ClientGone]);
+        assert_eq!(sizes(&state), [2, 4, 2], "live jobs keep their order, the new one last");
+        assert_eq!(state.instances, 8);
+    }
+
+    #[test]
+    fn a_queue_full_of_live_requests_refuses_and_keeps_them() {
+        let now = Instant::now();
+        let (first, _first_client) = job(6, Some(now + Duration::from_secs(1)));
+        let (second, _second_client) = job(3, None);
+        let mut state = queue(vec![first, second]);
+        let (new, mut new_client) = job(2, None);
+
+        let admission = state.admit(new, 10, now);
+
+        assert!(!admission.accepted);
+        assert!(admission.removed.is_empty());
+        assert_eq!(admission.queued, 9);
+        assert_eq!(sizes(&state), [6, 3]);
+        assert_eq!(state.instances, 9);
+        assert!(
+            matches!(new_client.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
+            "the refused job is dropped unanswered (the caller answers its client)"
+        );
+    }
+
+    #[test]
+    fn a_queue_with_room_queues_without_sweeping() {
+        let now = Instant::now();
+        let (expired, _expired_client) = job(1, Some(now));
+        let mut state = queue(vec![expired]);
+        let (new, _new_client) = job(2, None);
+
+        let admission = state.admit(new, 10, now);
+
+        assert!(admission.accepted);
+        assert!(admission.removed.is_empty(), "the batch thread drops expired jobs when it reaches them");
+        assert_eq!(sizes(&state), [1, 2]);
+        assert_eq!(state.instances, 3);
     }
 }

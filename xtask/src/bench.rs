@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: kiln against ONNX Runtime, OpenVINO and PyTorch on the full-size ViT-B/16, in
-//! one run, plus `kiln serve` under 1 and 8 concurrent REST clients against the same model in process.
+//! one run, plus `kiln serve` of each precision under 1 and 8 concurrent REST clients, measured in the
+//! same rounds as the model-only engines of that precision.
 //!
 //! The machine's speed drifts by about 20 % over tens of seconds, so numbers from different runs do not
 //! compare. This task therefore keeps every engine loaded at once, in two long-lived processes (the
@@ -81,11 +82,11 @@ const OV_INT8: Engine =
 const TORCH: Engine = Engine { name: "torch", python: true, label: "PyTorch eager fp32" };
 const KILN_E2E: Engine =
     Engine { name: "kiln-e2e", python: false, label: "kiln predict (base64 JPEG -> label)" };
-const KILN_SERVE: Engine = Engine {
-    name: "kiln-serve",
-    python: false,
-    label: "kiln serve fp32, REST (batch = concurrent clients, 1 JPEG each)",
-};
+const KILN_SERVE: Engine = Engine { name: "kiln-serve", python: false, label: "kiln serve fp32 (REST)" };
+const KILN_SERVE_INT8: Engine =
+    Engine { name: "kiln-serve-int8", python: false, label: "kiln serve int8 (REST)" };
+const KILN_SERVE_BF16: Engine =
+    Engine { name: "kiln-serve-bf16", python: false, label: "kiln serve bf16 (REST)" };
 const PYTHON_E2E: Engine =
     Engine { name: "python-e2e", python: true, label: "PIL + ViTImageProcessor + ORT fp32" };
 const KILN_PREP: Engine =
@@ -98,6 +99,14 @@ const PYTHON_PREP: Engine = Engine {
 
 /// kiln's model-only engines and the precision of the artifact each loads.
 const KILN_ENGINES: [(Engine, &str); 3] = [(KILN, "f32"), (KILN_INT8, "int8"), (KILN_BF16, "bf16")];
+
+/// `kiln serve` engines, the precision of the artifact each serves, kiln's model-only engine of that
+/// precision and OpenVINO's: the end-to-end goal compares each with the last, in the same rounds.
+const KILN_SERVED: [(Engine, &str, Engine, Engine); 3] = [
+    (KILN_SERVE, "f32", KILN, OV),
+    (KILN_SERVE_INT8, "int8", KILN_INT8, OV_INT8),
+    (KILN_SERVE_BF16, "bf16", KILN_BF16, OV_DEFAULT),
+];
 
 /// The model-only peers kiln is compared with, in table order.
 const PEERS: [Engine; 6] = [ORT, ORT_INT8, OV, OV_DEFAULT, OV_INT8, TORCH];
@@ -189,17 +198,21 @@ pub fn run(args: &Args) -> Result<()> {
         &calibration,
     )?;
 
-    step("starting kiln serve on the f32 artifact (batching on)");
     let batching = out.join("batching.pbtxt");
     fs::write(&batching, SERVED_BATCHING).with_context(|| format!("writing {}", batching.display()))?;
     let batching_flag = format!("--batching_parameters_file={}", batching.display());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let server = runtime.block_on(KilnServer::start(
-        &kiln,
-        SERVED_MODEL,
-        &artifacts.join("f32"),
-        &["--enable_batching", &batching_flag, "--file_system_poll_wait_seconds=0"],
-    ))?;
+    let mut servers = vec![];
+    for (_, precision, _, _) in KILN_SERVED.iter().filter(|served| exports.contains_key(served.1)) {
+        step(&format!("starting kiln serve on the {precision} artifact (batching on)"));
+        let server = runtime.block_on(KilnServer::start(
+            &kiln,
+            SERVED_MODEL,
+            &artifacts.join(precision),
+            &["--enable_batching", &batching_flag, "--file_system_poll_wait_seconds=0"],
+        ))?;
+        servers.push((*precision, server));
+    }
 
     let setup = Setup {
         root: root.clone(),
@@ -212,7 +225,12 @@ pub fn run(args: &Args) -> Result<()> {
         openvino_int8,
         images,
         threads: args.threads,
-        server: format!("{}/v1/models/{SERVED_MODEL}:predict", server.rest_url()),
+        servers: servers
+            .iter()
+            .map(|(precision, server)| {
+                format!("{precision}={}/v1/models/{SERVED_MODEL}:predict", server.rest_url())
+            })
+            .collect(),
     };
     let model_engines: Vec<Engine> = KILN_ENGINES
         .iter()
@@ -236,10 +254,16 @@ pub fn run(args: &Args) -> Result<()> {
     let mut kiln_worker = setup.worker(false)?;
     let mut python_worker = setup.worker(true)?;
     let mut loads = BTreeMap::new();
+    let served: Vec<Engine> = KILN_SERVED
+        .iter()
+        .filter(|(_, precision, _, _)| exports.contains_key(precision))
+        .map(|served| served.0)
+        .collect();
     let all: Vec<Engine> = model_engines
         .iter()
         .copied()
-        .chain([KILN_E2E, KILN_SERVE, PYTHON_E2E, KILN_PREP, PYTHON_PREP])
+        .chain([KILN_E2E, PYTHON_E2E, KILN_PREP, PYTHON_PREP])
+        .chain(served.iter().copied())
         .collect();
     for engine in &all {
         step(&format!("loading {}", engine.label));
@@ -252,19 +276,30 @@ pub fn run(args: &Args) -> Result<()> {
     let mut results = vec![];
     for &batch in &plan.batches {
         step(&format!("model only, batch {batch}: {} rounds", plan.rounds));
-        results.extend(measure(&mut workers, &model_engines, batch, plan.rounds, (plan.calls)(batch))?);
+        let calls = (plan.calls)(batch);
+        results.extend(measure(&mut workers, Group::Model, &model_engines, batch, plan.rounds, calls)?);
+    }
+    // The pipelines' ratios are to model-only engines measured in the same rounds, not to the
+    // model-only group's: minutes apart, drift alone moved a ratio by a fifth.
+    let mut pipelines = vec![KILN_E2E, PYTHON_E2E];
+    for (serve, _, kiln_model, peer) in KILN_SERVED {
+        if served.iter().any(|engine| engine.name == serve.name) {
+            pipelines.extend([serve, kiln_model, peer]);
+        }
     }
     for batch in [1, 8] {
         step(&format!("end to end, batch {batch} (kiln serve: {batch} concurrent clients)"));
-        let pipelines = [KILN_E2E, KILN_SERVE, PYTHON_E2E];
-        results.extend(measure(&mut workers, &pipelines, batch, plan.rounds, (plan.calls)(batch))?);
+        let calls = (plan.calls)(batch);
+        results.extend(measure(&mut workers, Group::Pipeline, &pipelines, batch, plan.rounds, calls)?);
     }
     step("preprocessing alone");
-    results.extend(measure(&mut workers, &[KILN_PREP, PYTHON_PREP], 1, plan.rounds, 8)?);
+    results.extend(measure(&mut workers, Group::Preprocess, &[KILN_PREP, PYTHON_PREP], 1, plan.rounds, 8)?);
     for worker in &mut workers {
         worker.call(&json!({"op": "quit"}))?;
     }
-    runtime.block_on(server.stop())?;
+    for (_, server) in servers {
+        runtime.block_on(server.stop())?;
+    }
 
     let mut markdown = report(&results, &cold, &loads, &skipped, args);
     accuracy_table(&mut markdown, &exports);
@@ -295,7 +330,7 @@ fn modified(path: &Path) -> Result<std::time::SystemTime> {
     fs::metadata(path).and_then(|m| m.modified()).with_context(|| format!("reading {}", path.display()))
 }
 
-/// The model name the bench's `kiln serve` serves the f32 artifact under.
+/// The model name each of the bench's `kiln serve`s serves its artifact under.
 const SERVED_MODEL: &str = "vit";
 
 /// The bench's `kiln serve` batching, as a deployment serving bursts of clients sets it: a batch waits
@@ -343,8 +378,8 @@ struct Setup {
     openvino_int8: PathBuf,
     images: Vec<PathBuf>,
     threads: usize,
-    /// REST predict URL of the bench's `kiln serve`.
-    server: String,
+    /// REST predict URL of the bench's `kiln serve` per precision, as `PRECISION=URL`.
+    servers: Vec<String>,
 }
 
 impl Setup {
@@ -373,7 +408,9 @@ impl Setup {
             for image in &self.images {
                 command.arg("--image").arg(image);
             }
-            command.arg("--server").arg(&self.server);
+            for server in &self.servers {
+                command.arg("--server").arg(server);
+            }
         }
     }
 
@@ -437,9 +474,32 @@ impl Worker {
     }
 }
 
-/// All calls of one engine at one batch size.
+/// Which measurement an engine's calls belong to: the same engine is measured again, in the rounds of
+/// the pipelines it is compared with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Group {
+    /// Every model-only engine.
+    Model,
+    /// The end-to-end pipelines and the model-only engines their ratios are to.
+    Pipeline,
+    /// Decode and resize alone.
+    Preprocess,
+}
+
+impl Group {
+    fn name(self) -> &'static str {
+        match self {
+            Group::Model => "model",
+            Group::Pipeline => "pipeline",
+            Group::Preprocess => "preprocess",
+        }
+    }
+}
+
+/// All calls of one engine at one batch size in one group.
 struct Measurement {
     engine: Engine,
+    group: Group,
     batch: usize,
     /// Seconds per call, over all rounds.
     latencies: Vec<f64>,
@@ -474,6 +534,7 @@ impl Measurement {
     fn to_json(&self) -> Value {
         json!({
             "engine": self.engine.name,
+            "group": self.group.name(),
             "batch": self.batch,
             "median_ms": self.median() * 1e3,
             "p90_ms": self.p90() * 1e3,
@@ -495,6 +556,7 @@ fn percentile(values: &[f64], q: f64) -> f64 {
 /// Warms every engine up at `batch`, then runs `rounds` rounds of `calls` calls each, rotating the order.
 fn measure(
     workers: &mut [Worker; 2],
+    group: Group,
     engines: &[Engine],
     batch: usize,
     rounds: usize,
@@ -510,7 +572,7 @@ fn measure(
         run(engine, 1)?;
     }
     let mut measurements: Vec<Measurement> =
-        engines.iter().map(|&engine| Measurement { engine, batch, latencies: vec![] }).collect();
+        engines.iter().map(|&engine| Measurement { engine, group, batch, latencies: vec![] }).collect();
     for round in 0..rounds {
         for offset in 0..engines.len() {
             let index = (round + offset) % engines.len();
@@ -528,13 +590,16 @@ fn report(
     skipped: &BTreeMap<&str, String>,
     args: &Args,
 ) -> String {
-    let find = |name: &str, batch: usize| results.iter().find(|m| m.engine.name == name && m.batch == batch);
-    let ratio =
-        |ours: Engine, theirs: Engine, batch: usize| match (find(ours.name, batch), find(theirs.name, batch))
-        {
-            (Some(o), Some(t)) => Some(o.throughput() / t.throughput()),
-            _ => None,
-        };
+    let find = |name: &str, batch: usize, group: Group| {
+        results.iter().find(|m| m.engine.name == name && m.batch == batch && m.group == group)
+    };
+    let ratio = |ours: Engine, theirs: Engine, batch: usize, group: Group| match (
+        find(ours.name, batch, group),
+        find(theirs.name, batch, group),
+    ) {
+        (Some(o), Some(t)) => Some(o.throughput() / t.throughput()),
+        _ => None,
+    };
     let mut md = String::new();
     let _ = writeln!(
         md,
@@ -562,18 +627,21 @@ fn report(
         );
     }
     let mut batches: Vec<usize> =
-        results.iter().filter(|m| !is_pipeline(m.engine)).map(|m| m.batch).collect();
+        results.iter().filter(|m| m.group == Group::Model).map(|m| m.batch).collect();
     batches.dedup();
 
     let _ = writeln!(md, "\n## kiln against the engine of the same precision (images/s over images/s)\n");
     let columns: Vec<String> = batches.iter().map(|b| format!("batch {b}")).collect();
     let _ = writeln!(md, "| kiln | against | {} |", columns.join(" | "));
     let _ = writeln!(md, "|---|---|{}", "---:|".repeat(batches.len()));
-    let pairs = SAME_PRECISION.into_iter().chain([(KILN_SERVE, OV), (KILN_SERVE, KILN_E2E)]);
-    for (ours, theirs) in pairs {
+    let pairs = SAME_PRECISION
+        .into_iter()
+        .map(|(ours, theirs)| (ours, theirs, Group::Model))
+        .chain(KILN_SERVED.map(|(serve, _, _, peer)| (serve, peer, Group::Pipeline)));
+    for (ours, theirs, group) in pairs {
         let cells: Vec<String> = batches
             .iter()
-            .map(|&batch| ratio(ours, theirs, batch).map_or("-".to_owned(), |r| format!("{r:.2}x")))
+            .map(|&batch| ratio(ours, theirs, batch, group).map_or("-".to_owned(), |r| format!("{r:.2}x")))
             .collect();
         if cells.iter().any(|c| c != "-") {
             let _ = writeln!(md, "| {} | {} | {} |", ours.label, theirs.label, cells.join(" | "));
@@ -592,31 +660,40 @@ fn report(
     let _ = writeln!(
         md,
         "\nkiln serve rows: batch = concurrent REST clients, each sending one base64 JPEG per call, batching \
-         parameters `{}`; the issue's end-to-end goal is >= 0.9x OpenVINO fp32 model-only.",
+         parameters `{}`, against the model-only engine measured in the same rounds; the issue's end-to-end \
+         goal is >= 0.9x the same precision's OpenVINO model-only.",
         SERVED_BATCHING.trim_end().replace('\n', " ")
     );
 
     let _ = writeln!(md, "\n## Model only\n");
     let _ = writeln!(md, "| batch | engine | median ms | p90 ms | images/s | vs ORT fp32 | vs ORT int8 |");
     let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|");
-    for m in results.iter().filter(|m| !is_pipeline(m.engine)) {
-        let cell =
-            |theirs: Engine| ratio(m.engine, theirs, m.batch).map_or("-".to_owned(), |r| format!("{r:.2}x"));
+    for m in results.iter().filter(|m| m.group == Group::Model) {
+        let cell = |theirs: Engine| {
+            ratio(m.engine, theirs, m.batch, Group::Model).map_or("-".to_owned(), |r| format!("{r:.2}x"))
+        };
         let _ = writeln!(md, "{} {} | {} |", m.row(), cell(ORT), cell(ORT_INT8));
     }
-    let _ = writeln!(md, "\n## End to end and preprocessing (per call of the batch shown)\n");
-    let _ = writeln!(md, "| batch | pipeline | median ms | p90 ms | images/s | ratio |");
+    let _ = writeln!(
+        md,
+        "\n## End to end and preprocessing (per call of the batch shown; the model-only rows here ran in the \
+         same rounds as the pipelines)\n"
+    );
+    let _ = writeln!(md, "| batch | engine | median ms | p90 ms | images/s | ratio |");
     let _ = writeln!(md, "|---:|---|---:|---:|---:|---|");
-    let peers: [(Engine, &[(Engine, &str)]); 3] = [
-        (KILN_E2E, &[(PYTHON_E2E, "the Python pipeline"), (OV, "OpenVINO fp32 model-only")]),
-        (KILN_SERVE, &[(KILN_E2E, "in-process predict"), (OV, "OpenVINO fp32 model-only")]),
-        (KILN_PREP, &[(PYTHON_PREP, "the Python pipeline")]),
-    ];
-    for m in results.iter().filter(|m| is_pipeline(m.engine)) {
-        let against = peers.iter().find(|(ours, _)| ours.name == m.engine.name).map_or(&[][..], |p| p.1);
+    let mut peers: Vec<(Engine, Vec<Engine>)> =
+        vec![(KILN_E2E, vec![PYTHON_E2E, KILN, OV]), (KILN_PREP, vec![PYTHON_PREP])];
+    peers.extend(KILN_SERVED.map(|(serve, precision, kiln_model, peer)| {
+        let in_process = if precision == "f32" { vec![KILN_E2E] } else { vec![] };
+        (serve, in_process.into_iter().chain([kiln_model, peer]).collect())
+    }));
+    for m in results.iter().filter(|m| m.group != Group::Model) {
+        let against = peers.iter().find(|(ours, _)| ours.name == m.engine.name).map_or(&[][..], |p| &p.1);
         let text: Vec<String> = against
             .iter()
-            .filter_map(|&(theirs, what)| ratio(m.engine, theirs, m.batch).map(|r| format!("{r:.2}x {what}")))
+            .filter_map(|&theirs| {
+                ratio(m.engine, theirs, m.batch, m.group).map(|r| format!("{r:.2}x {}", theirs.label))
+            })
             .collect();
         let _ = writeln!(md, "{} {} |", m.row(), text.join("; "));
     }
@@ -694,8 +771,4 @@ fn accuracy_table(md: &mut String, exports: &BTreeMap<&str, Value>) {
             );
         }
     }
-}
-
-fn is_pipeline(engine: Engine) -> bool {
-    [KILN_E2E.name, KILN_SERVE.name, PYTHON_E2E.name, KILN_PREP.name, PYTHON_PREP.name].contains(&engine.name)
 }

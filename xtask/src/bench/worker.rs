@@ -4,7 +4,8 @@
 //! It speaks the same line protocol as `xtask/bench/engines.py`: one JSON command per line on stdin, one
 //! JSON reply per line on stdout. Engines: `kiln`, `kiln-int8` and `kiln-bf16` (model only, prepared
 //! fixture images), `kiln-e2e` (base64 JPEG strings -> labels through [`Model::predict`]), `kiln-prep`
-//! (one image's decode + resize) and `kiln-serve` (concurrent REST clients of a running `kiln serve`).
+//! (one image's decode + resize) and `kiln-serve`, `kiln-serve-int8` and `kiln-serve-bf16` (concurrent
+//! REST clients of a running `kiln serve` of that precision's artifact).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -31,9 +32,10 @@ pub struct WorkerArgs {
     /// Threads each matrix multiplication may use.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// REST predict URL of the running `kiln serve` the `kiln-serve` engine sends to.
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
+    /// REST predict URL of a running `kiln serve` per precision, as `PRECISION=URL`: the `kiln-serve`
+    /// engines send to the one of their precision.
+    #[arg(long = "server", value_name = "PRECISION=URL")]
+    servers: Vec<String>,
 }
 
 /// One loaded engine of this worker.
@@ -45,8 +47,14 @@ enum Engine {
 
 impl Engine {
     fn load(name: &str, args: &WorkerArgs) -> Result<Engine> {
-        if name == "kiln-serve" {
-            return Clients::connect(args).map(Engine::Served);
+        let served = match name {
+            "kiln-serve" => Some("f32"),
+            "kiln-serve-int8" => Some("int8"),
+            "kiln-serve-bf16" => Some("bf16"),
+            _ => None,
+        };
+        if let Some(precision) = served {
+            return Clients::connect(precision, args).map(Engine::Served);
         }
         InProcess::load(name, args).map(|engine| Engine::InProcess(Box::new(engine)))
     }
@@ -86,7 +94,7 @@ impl InProcess {
             "kiln-prep" => ("f32", Kind::Preprocess),
             other => bail!("unknown engine {other:?}"),
         };
-        let dir = artifact_dir(&args.artifacts, precision)?;
+        let dir = PathBuf::from(given(&args.artifacts, "--artifact", precision)?);
         let options = RuntimeOptions { threads: args.threads, max_batch: 64, ..RuntimeOptions::default() };
         let model = Model::load_with(&dir, options).with_context(|| format!("loading {}", dir.display()))?;
         let strings: Vec<Vec<u8>> = encoded(&args.images)?.into_iter().map(String::into_bytes).collect();
@@ -142,8 +150,8 @@ struct Clients {
 }
 
 impl Clients {
-    fn connect(args: &WorkerArgs) -> Result<Clients> {
-        let url = args.server.clone().context("kiln-serve needs --server URL")?;
+    fn connect(precision: &str, args: &WorkerArgs) -> Result<Clients> {
+        let url = given(&args.servers, "--server", precision)?;
         let bodies = encoded(&args.images)?
             .into_iter()
             .map(|b64| serde_json::to_vec(&json!({"instances": [{"b64": b64}]})))
@@ -193,13 +201,14 @@ fn encoded(images: &[PathBuf]) -> Result<Vec<String>> {
         .collect()
 }
 
-fn artifact_dir(artifacts: &[String], precision: &str) -> Result<PathBuf> {
-    artifacts
+/// The value of `precision` among a repeated `flag`'s `PRECISION=VALUE` arguments.
+fn given(values: &[String], flag: &str, precision: &str) -> Result<String> {
+    values
         .iter()
         .filter_map(|a| a.split_once('='))
         .find(|(p, _)| *p == precision)
-        .map(|(_, dir)| PathBuf::from(dir))
-        .with_context(|| format!("no --artifact {precision}=DIR given"))
+        .map(|(_, value)| value.to_owned())
+        .with_context(|| format!("no {flag} {precision}=... given"))
 }
 
 /// Runs the worker: one cold measurement, or the command loop.

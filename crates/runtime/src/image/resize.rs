@@ -335,33 +335,127 @@ fn convolve(image: &RgbImage, kernel: Kernel, window: &ResizeWindow) -> Vec<u8> 
 }
 
 /// Resamples image rows `rows` of `block` horizontally, one output pixel per coefficient window.
+///
+/// This pass reads every sample of the source rows (the vertical pass only the rows it keeps), so it
+/// dominates the resize of a large photo: 21 of a 2400x2093 JPEG's 73 ms before it ran two taps per AVX2
+/// instruction.
+#[allow(unsafe_code)]
 fn horizontal_pass(block: Block<'_>, rows: Range<usize>, coefficients: &Coefficients) -> Vec<u8> {
     let out_stride = coefficients.windows.len() * CHANNELS;
     let mut out = vec![0; rows.len() * out_stride];
     let in_stride = block.width * CHANNELS;
     let rows = block.pixels[(rows.start - block.top) * in_stride..(rows.end - block.top) * in_stride]
         .chunks_exact(in_stride);
-    // Each window as sample offsets within a row of the block, worked out once rather than per row.
-    let windows: Vec<(Range<usize>, &[i32])> = coefficients
-        .iter()
-        .map(|(window, weights)| {
-            ((window.start - block.left) * CHANNELS..(window.end - block.left) * CHANNELS, weights)
-        })
-        .collect();
-    for (out_row, row) in out.chunks_exact_mut(out_stride).zip(rows) {
-        for (out_pixel, (samples, weights)) in out_row.chunks_exact_mut(CHANNELS).zip(&windows) {
-            let mut sums = [ROUNDING; CHANNELS];
-            for (source, &weight) in row[samples.clone()].chunks_exact(CHANNELS).zip(*weights) {
-                for (sum, &sample) in sums.iter_mut().zip(source) {
-                    *sum += i32::from(sample) * weight;
-                }
-            }
-            for (out_sample, sum) in out_pixel.iter_mut().zip(sums) {
-                *out_sample = clip8(sum);
-            }
+    let taps = Taps::new(&block, coefficients, in_stride);
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        for (out_row, row) in out.chunks_exact_mut(out_stride).zip(rows) {
+            // SAFETY: AVX2 is available.
+            unsafe { taps.row_avx2(row, out_row) };
         }
+        return out;
+    }
+    for (out_row, row) in out.chunks_exact_mut(out_stride).zip(rows) {
+        taps.row_portable(row, out_row);
     }
     out
+}
+
+/// The coefficient windows of a horizontal pass as offsets within a row, worked out once for all rows:
+/// each window's leading taps in pairs (for [`Taps::row_avx2`]), the rest one by one.
+struct Taps<'a> {
+    windows: Vec<Window<'a>>,
+    /// Per pair of taps, the eight lanes of weights `[w0, w0, w0, w1, w1, w1, 0, 0]`.
+    pair_weights: Vec<[i32; 8]>,
+}
+
+struct Window<'a> {
+    /// First sample of the window within a row.
+    start: usize,
+    /// The window's pairs in `pair_weights`.
+    pairs: Range<usize>,
+    /// Sample where the taps after the pairs start, and their weights.
+    rest_start: usize,
+    rest: &'a [i32],
+    /// All the window's weights, for the path without pairs.
+    weights: &'a [i32],
+}
+
+impl<'a> Taps<'a> {
+    fn new(block: &Block<'_>, coefficients: &'a Coefficients, in_stride: usize) -> Self {
+        let mut pair_weights = vec![];
+        let windows = coefficients
+            .iter()
+            .map(|(window, weights)| {
+                let start = (window.start - block.left) * CHANNELS;
+                let weights = &weights[..window.len()];
+                // A pair loads eight samples (two pixels and two of a third), all within the row.
+                let mut paired = 0;
+                while paired + 2 <= weights.len() && start + paired * CHANNELS + 8 <= in_stride {
+                    let (first, second) = (weights[paired], weights[paired + 1]);
+                    pair_weights.push([first, first, first, second, second, second, 0, 0]);
+                    paired += 2;
+                }
+                let pairs = pair_weights.len() - paired / 2..pair_weights.len();
+                let rest_start = start + paired * CHANNELS;
+                Window { start, pairs, rest_start, rest: &weights[paired..], weights }
+            })
+            .collect();
+        Taps { windows, pair_weights }
+    }
+
+    /// One row of the pass, one tap at a time.
+    fn row_portable(&self, row: &[u8], out_row: &mut [u8]) {
+        for (out_pixel, window) in out_row.chunks_exact_mut(CHANNELS).zip(&self.windows) {
+            let sums = add_taps([ROUNDING; CHANNELS], &row[window.start..], window.weights);
+            store_pixel(out_pixel, sums);
+        }
+    }
+
+    /// One row of the pass: each pair of taps is one widening load, one multiply and one add of eight
+    /// `i32` lanes, the first pixel's sums in lanes 0-2 and the second's in 3-5. Integer sums in any
+    /// order are the same, so the output equals the scalar path's byte for byte.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[allow(unsafe_code)]
+    fn row_avx2(&self, row: &[u8], out_row: &mut [u8]) {
+        use std::arch::x86_64::*;
+        for (out_pixel, window) in out_row.chunks_exact_mut(CHANNELS).zip(&self.windows) {
+            let mut sums = _mm256_setzero_si256();
+            for (pair, weights) in self.pair_weights[window.pairs.clone()].iter().enumerate() {
+                let at = window.start + pair * 2 * CHANNELS;
+                let bytes: [u8; 8] = row[at..at + 8].try_into().expect("a slice of eight");
+                let samples = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(bytes)));
+                // SAFETY: `weights` is eight `i32`s; the load is unaligned.
+                let weights = unsafe { _mm256_loadu_si256(weights.as_ptr().cast()) };
+                sums = _mm256_add_epi32(sums, _mm256_mullo_epi32(samples, weights));
+            }
+            let mut lanes = [0_i32; 8];
+            // SAFETY: `lanes` is eight `i32`s; the store is unaligned.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sums) };
+            let paired = std::array::from_fn(|c| ROUNDING.wrapping_add(lanes[c]).wrapping_add(lanes[c + 3]));
+            let sums = add_taps(paired, &row[window.rest_start..], window.rest);
+            store_pixel(out_pixel, sums);
+        }
+    }
+}
+
+/// Adds one tap per weight, of the pixels `samples` starts with, to the per-channel `sums`.
+#[inline(always)]
+fn add_taps(mut sums: [i32; CHANNELS], samples: &[u8], weights: &[i32]) -> [i32; CHANNELS] {
+    for (source, &weight) in samples.chunks_exact(CHANNELS).zip(weights) {
+        for (sum, &sample) in sums.iter_mut().zip(source) {
+            *sum = sum.wrapping_add(i32::from(sample) * weight);
+        }
+    }
+    sums
+}
+
+#[inline(always)]
+fn store_pixel(out_pixel: &mut [u8], sums: [i32; CHANNELS]) {
+    for (out_sample, sum) in out_pixel.iter_mut().zip(sums) {
+        *out_sample = clip8(sum);
+    }
 }
 
 /// Resamples image columns `columns` of `block` vertically, one output row per coefficient window.
@@ -502,6 +596,36 @@ mod tests {
         }
         assert_eq!(offset, golden.len(), "golden holds exactly the listed sizes");
         Ok(())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_avx2_horizontal_pass_equals_the_portable_one() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let width = 2400;
+        let row: Vec<u8> = (0..width * CHANNELS).map(|i| (i * 7919 % 256) as u8).collect();
+        let block = Block { pixels: &row, width, top: 0, left: 0 };
+        for filter in [ResampleFilter::Bilinear, ResampleFilter::Bicubic, ResampleFilter::Lanczos] {
+            let kernel = Kernel::for_filter(filter).expect("a convolution");
+            // Down by 10.7 (the large fixture photo to 224), by 1.3, and up by 1.5.
+            for out_width in [224, 1800, 3600] {
+                let coefficients = Coefficients::new(width as u32, out_width, 0..out_width, kernel);
+                let taps = Taps::new(&block, &coefficients, width * CHANNELS);
+                assert!(
+                    taps.windows.iter().any(|w| !w.pairs.is_empty())
+                        && taps.windows.iter().any(|w| !w.rest.is_empty())
+                );
+                let mut portable = vec![0; out_width as usize * CHANNELS];
+                let mut avx2 = portable.clone();
+                taps.row_portable(&row, &mut portable);
+                // SAFETY: AVX2 is available.
+                unsafe { taps.row_avx2(&row, &mut avx2) };
+                assert!(portable == avx2, "{filter:?} to {out_width}: the AVX2 pass differs");
+            }
+        }
     }
 
     #[test]

@@ -241,9 +241,10 @@ impl BatchQueue {
         }
         let Admission { removed, queued, accepted } =
             state.admit(Job { inputs, reply, deadline }, self.options.capacity, Instant::now());
+        let depth = state.instances;
         drop(state);
         if !removed.is_empty() {
-            self.shared.set_queue_depth(queued);
+            self.shared.set_queue_depth(depth);
             for (job, reason) in removed {
                 self.shared.cancel(job, reason);
             }

@@ -374,11 +374,15 @@ struct Window<'a> {
     start: usize,
     /// The window's pairs in `pair_weights`.
     pairs: Range<usize>,
-    /// Sample where the taps after the pairs start, and their weights.
-    rest_start: usize,
-    rest: &'a [i32],
-    /// All the window's weights, for the path without pairs.
+    /// All the window's weights; those after the pairs are applied one by one.
     weights: &'a [i32],
+}
+
+impl Window<'_> {
+    /// Taps the pairs cover.
+    fn paired(&self) -> usize {
+        self.pairs.len() * 2
+    }
 }
 
 impl<'a> Taps<'a> {
@@ -397,8 +401,7 @@ impl<'a> Taps<'a> {
                     paired += 2;
                 }
                 let pairs = pair_weights.len() - paired / 2..pair_weights.len();
-                let rest_start = start + paired * CHANNELS;
-                Window { start, pairs, rest_start, rest: &weights[paired..], weights }
+                Window { start, pairs, weights }
             })
             .collect();
         Taps { windows, pair_weights }
@@ -434,7 +437,8 @@ impl<'a> Taps<'a> {
             // SAFETY: `lanes` is eight `i32`s; the store is unaligned.
             unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sums) };
             let paired = std::array::from_fn(|c| ROUNDING.wrapping_add(lanes[c]).wrapping_add(lanes[c + 3]));
-            let sums = add_taps(paired, &row[window.rest_start..], window.rest);
+            let rest = window.paired();
+            let sums = add_taps(paired, &row[window.start + rest * CHANNELS..], &window.weights[rest..]);
             store_pixel(out_pixel, sums);
         }
     }
@@ -616,7 +620,7 @@ mod tests {
                 let taps = Taps::new(&block, &coefficients, width * CHANNELS);
                 assert!(
                     taps.windows.iter().any(|w| !w.pairs.is_empty())
-                        && taps.windows.iter().any(|w| !w.rest.is_empty())
+                        && taps.windows.iter().any(|w| w.paired() < w.weights.len())
                 );
                 let mut portable = vec![0; out_width as usize * CHANNELS];
                 let mut avx2 = portable.clone();

@@ -187,7 +187,7 @@ mod tests {
     }
 
     /// The content digest of the sample artifact (`crate::fixture::publish_sample`).
-    const SAMPLE_CONTENT_DIGEST: &str = "462fb16becf0d462fb5ae5ec1fe1446f8acbec53574d9f97c336325f964b04a5";
+    const SAMPLE_CONTENT_DIGEST: &str = "b5328393a68c2ed1dfb1a67e51b5de880bb579477b5a2f2b7ca6c66e54bd600c";
 
     fn open_err(dir: &Path) -> Result<ArtifactError, Box<dyn std::error::Error>> {
         match Artifact::open(dir) {

@@ -38,8 +38,12 @@ const GEOMETRIES: [(ResizeSize, Option<CropSize>, ChannelOrder); 4] = [
 ];
 
 /// Decoder and whether the EXIF orientation is applied.
-const DECODERS: [(Decoder, bool); 3] =
-    [(Decoder::Pillow, true), (Decoder::Pillow, false), (Decoder::Tensorflow, false)];
+const DECODERS: [(Decoder, bool); 4] = [
+    (Decoder::Pillow, true),
+    (Decoder::Pillow, false),
+    (Decoder::Tensorflow, false),
+    (Decoder::PillowDraft, true),
+];
 
 fuzz_target!(|input: &[u8]| {
     let (resize, resample) = MODES[input.len() % MODES.len()];

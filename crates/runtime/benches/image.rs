@@ -2,14 +2,15 @@
 //!
 //! The stages are private, so they are isolated through [`runtime::prepare`]: with the `nearest` filter
 //! resizing costs next to nothing and the time is base64 + decode; the Pillow bilinear and bicubic rows
-//! add the real resize on top, and the last row is ConvNeXT's shortest-edge resize to 256 with a 224 centre
+//! add the real resize on top, the draft row decodes JPEGs at the reduction Pillow's `draft` picks
+//! (1/8 for the 5-megapixel photo, none for the small one), and the last row is ConvNeXT's shortest-edge resize to 256 with a 224 centre
 //! crop (only the cropped part is computed). Each row is one fixture image at its own size, prepared to
 //! 224x224.
 
 use std::hint::black_box;
 use std::path::Path;
 
-use artifact::{CropSize, PreprocessSpec, ResampleFilter, ResizeMode, ResizeSize};
+use artifact::{CropSize, Decoder, PreprocessSpec, ResampleFilter, ResizeMode, ResizeSize};
 use base64::Engine as _;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use runtime::{ImageLimits, prepare};
@@ -32,6 +33,13 @@ fn image_path(c: &mut Criterion) {
     let variants = [
         ("decode (base64 + jpeg, nearest resize)", spec(ResizeMode::Pil, ResampleFilter::Nearest)),
         ("decode + pil bilinear resize", spec(ResizeMode::Pil, ResampleFilter::Bilinear)),
+        (
+            "draft decode + pil bilinear resize",
+            PreprocessSpec {
+                decoder: Decoder::PillowDraft,
+                ..spec(ResizeMode::Pil, ResampleFilter::Bilinear)
+            },
+        ),
         ("decode + pil bicubic resize", spec(ResizeMode::Pil, ResampleFilter::Bicubic)),
         ("decode + tf bilinear resize", spec(ResizeMode::Tf, ResampleFilter::Bilinear)),
         ("decode + pil bicubic shortest edge 256 + crop 224", convnext),

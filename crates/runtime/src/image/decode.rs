@@ -19,10 +19,11 @@
 use std::io::{Cursor, ErrorKind};
 
 use ::image::codecs::png::PngDecoder;
+use ::image::metadata::Orientation;
 use ::image::{DynamicImage, ImageBuffer, ImageDecoder, ImageError, Pixel, RgbImage};
-use artifact::Decoder;
+use artifact::{Decoder, ResizeSize};
 
-use super::{ImageLimits, InstanceError, bmp, gif, jpeg, orientation, tiff, webp};
+use super::{ImageLimits, InstanceError, bmp, geometry, gif, jpeg, orientation, tiff, webp};
 
 const JPEG_MAGIC: &[u8] = b"\xff\xd8\xff";
 const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
@@ -88,32 +89,64 @@ impl ImageFormat {
     }
 }
 
+/// An image as decoded and oriented, and its size at full scale: a JPEG drafted by
+/// [`Decoder::PillowDraft`] has fewer pixels than the image it stands for, whose size decides the resize.
+pub(super) struct Decoded {
+    pub(super) image: RgbImage,
+    /// Width at full scale, after orientation.
+    pub(super) width: u32,
+    /// Height at full scale, after orientation.
+    pub(super) height: u32,
+}
+
 /// Decodes `bytes` into RGB8 as `decoder` would, checking the header's dimensions against `limits`
 /// before allocating any pixel.
 ///
 /// With `exif_orientation`, the EXIF (or XMP) orientation is applied as Pillow's
 /// `ImageOps.exif_transpose` applies it; [`Decoder::Tensorflow`] never orients, whatever the flag.
 ///
-/// With `transparency_to_white` (and [`Decoder::Pillow`]), every pixel equal to the colour key Pillow keeps
+/// With `transparency_to_white` (and a Pillow decoder), every pixel equal to the colour key Pillow keeps
 /// in `info["transparency"]` after `convert("RGB")` becomes white, as transformers' `convert_to_rgb` does
 /// (it treats the key as alpha and composites over white). GIF's transparency index and 8-bit PNG tRNS
 /// (a palette with one fully transparent entry, a grey or an RGB key) carry a key; other formats none.
-pub(super) fn decode_rgb8(
+///
+/// With [`Decoder::PillowDraft`], a JPEG headed for a resize to `size` is decoded at the reduction
+/// Pillow's `draft("RGB", size)` picks ([`draft_reduction`]).
+pub(super) fn decode(
     bytes: &[u8],
     limits: &ImageLimits,
     decoder: Decoder,
     exif_orientation: bool,
     transparency_to_white: bool,
-) -> Result<RgbImage, InstanceError> {
+    size: ResizeSize,
+) -> Result<Decoded, InstanceError> {
     let format = ImageFormat::sniff(bytes).ok_or_else(|| unsupported_format(bytes))?;
     if decoder == Decoder::Tensorflow && !format.decoded_by_tensorflow() {
         return Err(InstanceError::NotDecodedByTensorflow { format: format.name() });
     }
+    let orientation = if exif_orientation && decoder.is_pillow() {
+        orientation::read(format, bytes)
+    } else {
+        Orientation::NoTransforms
+    };
+    let transposed = matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    let mut full_size = None;
     let (mut image, key) = match format {
         ImageFormat::Jpeg => {
             let frame = jpeg::read_frame(bytes)?;
             check_size(frame.width, frame.height, limits)?;
-            (jpeg::decode_rgb8(bytes, frame, decoder)?, None)
+            full_size = Some((frame.width, frame.height));
+            let reduction = match decoder {
+                Decoder::PillowDraft => draft_reduction(size, frame.width, frame.height, transposed),
+                Decoder::Pillow | Decoder::Tensorflow => 1,
+            };
+            (jpeg::decode_rgb8(bytes, frame, decoder, reduction)?, None)
         }
         ImageFormat::Png => (decode_png(bytes, limits, decoder)?, png_colour_key(bytes)),
         ImageFormat::Gif => gif::decode_rgb8(bytes, limits)?,
@@ -121,16 +154,45 @@ pub(super) fn decode_rgb8(
         ImageFormat::Bmp => (bmp::decode_rgb8(bytes, limits)?, None),
         ImageFormat::Tiff => (tiff::decode_rgb8(bytes, limits)?, None),
     };
-    if let Some(key) = key.filter(|_| transparency_to_white && decoder == Decoder::Pillow) {
+    if let Some(key) = key.filter(|_| transparency_to_white && decoder.is_pillow()) {
         for pixel in image.pixels_mut().filter(|pixel| pixel.0 == key) {
             pixel.0 = [255; 3];
         }
     }
-    Ok(if exif_orientation && decoder == Decoder::Pillow {
-        orientation::apply(image, orientation::read(format, bytes))
-    } else {
-        image
-    })
+    let (width, height) = full_size.unwrap_or(image.dimensions());
+    let (width, height) = if transposed { (height, width) } else { (width, height) };
+    Ok(Decoded { image: orientation::apply(image, orientation), width, height })
+}
+
+/// The reduction (1, 2, 4 or 8) Pillow's `JpegImageFile.draft("RGB", size)` picks for a `width` x
+/// `height` JPEG whose oriented image is resized to `size`: the largest of 8, 4, 2 and 1 that is at most
+/// `min(width // w', height // h')`, with `(w', h')` the resize's size in the stored orientation
+/// (swapped when the orientation `transposed` the axes).
+fn draft_reduction(size: ResizeSize, width: u32, height: u32, transposed: bool) -> u8 {
+    let (oriented_width, oriented_height) = if transposed { (height, width) } else { (width, height) };
+    let (resized_height, resized_width) = geometry::resized_size(size, oriented_height, oriented_width);
+    let (wanted_width, wanted_height) =
+        if transposed { (resized_height, resized_width) } else { (resized_width, resized_height) };
+    if wanted_width == 0 || wanted_height == 0 {
+        return 1;
+    }
+    let scale = (u64::from(width) / wanted_width).min(u64::from(height) / wanted_height);
+    [8, 4, 2].into_iter().find(|&reduction| scale >= u64::from(reduction)).unwrap_or(1)
+}
+
+/// [`decode`]'s image for a decoder that does not draft, as the tests compare it with Pillow's
+/// `convert("RGB")` (the resize's size only matters to [`Decoder::PillowDraft`]).
+#[cfg(test)]
+pub(super) fn decode_rgb8(
+    bytes: &[u8],
+    limits: &ImageLimits,
+    decoder: Decoder,
+    exif_orientation: bool,
+    transparency_to_white: bool,
+) -> Result<RgbImage, InstanceError> {
+    debug_assert_ne!(decoder, Decoder::PillowDraft);
+    let size = ResizeSize::Exact { height: 1, width: 1 };
+    Ok(decode(bytes, limits, decoder, exif_orientation, transparency_to_white, size)?.image)
 }
 
 /// Refuses a zero-sized image and one above [`ImageLimits::max_pixels`].
@@ -163,10 +225,10 @@ fn decode_png(bytes: &[u8], limits: &ImageLimits, decoder: Decoder) -> Result<Rg
         DynamicImage::ImageRgba16(rgba) => DynamicImage::ImageRgba8(high_bytes(&rgba)).into_rgb8(),
         // 16-bit grayscale: Pillow's `I;16` -> `RGB` clips (so nearly every pixel of a 16-bit scan is
         // white); libpng's strip_16 in TensorFlow keeps the high byte.
-        DynamicImage::ImageLuma16(luma) if decoder == Decoder::Pillow => {
+        DynamicImage::ImageLuma16(luma) if decoder.is_pillow() => {
             RgbImage::from_raw(width, height, clipped_gray(luma.as_raw(), 1)).expect("one sample per pixel")
         }
-        DynamicImage::ImageLumaA16(luma) if gray && decoder == Decoder::Pillow => {
+        DynamicImage::ImageLumaA16(luma) if gray && decoder.is_pillow() => {
             RgbImage::from_raw(width, height, clipped_gray(luma.as_raw(), 2)).expect("two samples per pixel")
         }
         DynamicImage::ImageLuma16(luma) => DynamicImage::ImageLuma8(high_bytes(&luma)).into_rgb8(),
@@ -327,6 +389,61 @@ mod tests {
 
     const GRAY_JPEG: &[u8] = include_bytes!("testdata/gray.jpg");
     const RGB_PNG: &[u8] = include_bytes!("testdata/rgb.png");
+
+    /// A JPEG, the `(width, height)` asked of Pillow's `draft`, and the pixels it decoded.
+    macro_rules! draft_case {
+        ($name:literal, $width:literal, $height:literal) => {
+            (
+                &include_bytes!(concat!("testdata/", $name))[..],
+                ($width, $height),
+                &include_bytes!(concat!("testdata/", $name, ".draft-", $width, "x", $height, ".rgb"))[..],
+            )
+        };
+    }
+
+    #[test]
+    fn drafted_jpegs_decode_as_pillow_drafts_them_at_each_reduction() -> TestResult {
+        let cases = [
+            draft_case!("draft.jpg", 33, 22),
+            draft_case!("draft.jpg", 16, 11),
+            draft_case!("draft.jpg", 8, 5),
+            draft_case!("draft.jpg", 67, 45),
+            draft_case!("cmyk.jpg", 12, 8),
+            draft_case!("gray.jpg", 6, 4),
+            draft_case!("progressive.jpg", 3, 2),
+            draft_case!("yuv422.jpg", 12, 8),
+        ];
+        for (bytes, (width, height), expected) in cases {
+            let size = ResizeSize::Exact { height, width };
+            let decoded = decode(bytes, &ImageLimits::default(), Decoder::PillowDraft, false, false, size)?;
+            assert_eq!(decoded.image.as_raw().as_slice(), expected, "draft to {width}x{height}");
+            let full = pillow(bytes)?;
+            assert_eq!(
+                (decoded.width, decoded.height),
+                full.dimensions(),
+                "full size of the {width}x{height} draft"
+            );
+        }
+        let size = ResizeSize::Exact { height: 1, width: 1 };
+        let png = decode(RGB_PNG, &ImageLimits::default(), Decoder::PillowDraft, false, false, size)?;
+        assert_eq!(png.image, pillow(RGB_PNG)?, "only JPEGs are drafted");
+        Ok(())
+    }
+
+    #[test]
+    fn the_draft_reduction_is_the_largest_power_of_two_up_to_eight_that_fits_the_resize() {
+        let exact = |height, width| ResizeSize::Exact { height, width };
+        assert_eq!(draft_reduction(exact(224, 224), 2400, 2093, false), 8);
+        assert_eq!(draft_reduction(exact(224, 224), 1800, 1000, false), 4);
+        assert_eq!(draft_reduction(exact(224, 224), 447, 2000, false), 1);
+        assert_eq!(draft_reduction(exact(224, 224), 448, 448, false), 2);
+        // The resize's size in the stored orientation: a 30-high, 6-wide resize of an image stored on its side.
+        assert_eq!(draft_reduction(exact(30, 6), 67, 45, true), 2);
+        assert_eq!(draft_reduction(exact(30, 6), 67, 45, false), 1);
+        let edge = ResizeSize::ShortestEdge { shortest_edge: 256, longest_edge: None };
+        assert_eq!(draft_reduction(edge, 4000, 1024, false), 4);
+        assert_eq!(draft_reduction(exact(0, 224), 2400, 2093, false), 1);
+    }
 
     #[test]
     fn every_colour_model_converts_to_rgb_exactly_as_pillow_does() -> TestResult {

@@ -150,10 +150,18 @@ fn unsupported_process(marker: u8) -> InstanceError {
 }
 
 /// Decodes a JPEG whose `frame` [`read_frame`] returned into RGB8 as `decoder` does: grayscale is
-/// replicated, CMYK converted as Pillow's `convert("RGB")` or as TensorFlow's `decode_jpeg` does.
-pub(super) fn decode_rgb8(bytes: &[u8], frame: Frame, decoder: Decoder) -> Result<RgbImage, InstanceError> {
+/// replicated, CMYK converted as Pillow's `convert("RGB")` or as TensorFlow's `decode_jpeg` does. With
+/// `reduction` 2, 4 or 8, libjpeg's scaled IDCT decodes `ceil(width / reduction)` x `ceil(height /
+/// reduction)` pixels, as Pillow's `draft` asks it to (1 decodes every pixel).
+pub(super) fn decode_rgb8(
+    bytes: &[u8],
+    frame: Frame,
+    decoder: Decoder,
+    reduction: u8,
+) -> Result<RgbImage, InstanceError> {
+    debug_assert!(matches!(reduction, 1 | 2 | 4 | 8));
     let dct_method = match decoder {
-        Decoder::Pillow => DctMethod::IntegerSlow,
+        Decoder::Pillow | Decoder::PillowDraft => DctMethod::IntegerSlow,
         Decoder::Tensorflow => {
             check_tensorflow_size(frame)?;
             DctMethod::IntegerFast
@@ -161,23 +169,28 @@ pub(super) fn decode_rgb8(bytes: &[u8], frame: Frame, decoder: Decoder) -> Resul
     };
     // libjpeg reports fatal errors by unwinding out of the C code (mozjpeg's error manager), so a
     // corrupt file arrives here as a panic payload carrying libjpeg's message.
-    let decoded = panic::catch_unwind(|| -> io::Result<Vec<u8>> {
+    let decoded = panic::catch_unwind(|| -> io::Result<(Vec<u8>, (usize, usize))> {
         let mut decompress = Decompress::new_mem(bytes)?;
         decompress.dct_method(dct_method);
         decompress.do_fancy_upsampling(true);
+        if reduction > 1 {
+            decompress.scale(8 / reduction);
+        }
         let cmyk = matches!(decompress.color_space(), ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK);
         let mut started =
             if cmyk { decompress.to_colorspace(ColorSpace::JCS_CMYK)? } else { decompress.rgb()? };
+        let size = (started.width(), started.height());
         let samples = started.read_scanlines::<u8>()?;
         started.finish()?;
-        Ok(match (cmyk, decoder) {
+        let pixels = match (cmyk, decoder) {
             (false, _) => samples,
-            (true, Decoder::Pillow) => inverted_cmyk_to_rgb(&samples),
+            (true, Decoder::Pillow | Decoder::PillowDraft) => inverted_cmyk_to_rgb(&samples),
             (true, Decoder::Tensorflow) => tensorflow_cmyk_to_rgb(&samples, frame.adobe),
-        })
+        };
+        Ok((pixels, size))
     });
-    let pixels = match decoded {
-        Ok(Ok(pixels)) => pixels,
+    let (pixels, (width, height)) = match decoded {
+        Ok(Ok(decoded)) => decoded,
         Ok(Err(error)) => return Err(corrupt(error.to_string())),
         Err(payload) => {
             let message = payload
@@ -189,9 +202,10 @@ pub(super) fn decode_rgb8(bytes: &[u8], frame: Frame, decoder: Decoder) -> Resul
         }
     };
     let length = pixels.len();
-    RgbImage::from_raw(frame.width, frame.height, pixels).ok_or_else(|| {
-        corrupt(format!("decoder returned {length} bytes for a {}x{} frame", frame.width, frame.height))
-    })
+    let (width, height) =
+        (u32::try_from(width).unwrap_or(u32::MAX), u32::try_from(height).unwrap_or(u32::MAX));
+    RgbImage::from_raw(width, height, pixels)
+        .ok_or_else(|| corrupt(format!("decoder returned {length} bytes for a {width}x{height} image")))
 }
 
 /// `decode_jpeg` refuses a frame of 2^29 samples or more (`jpeg_mem.cc`: width x height x components),
@@ -264,7 +278,7 @@ mod tests {
     }
 
     fn decode(bytes: &[u8], decoder: Decoder) -> Result<RgbImage, InstanceError> {
-        decode_rgb8(bytes, read_frame(bytes)?, decoder)
+        decode_rgb8(bytes, read_frame(bytes)?, decoder, 1)
     }
 
     /// Every fixture JPEG (4:2:0, 4:2:2, 4:4:4, progressive, grayscale, Adobe CMYK, 7x5 to 2400x2093)

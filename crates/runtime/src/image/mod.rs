@@ -247,10 +247,11 @@ pub fn prepare(
     }
     let decoded = {
         let bytes = payload::image_bytes(input)?;
-        decode::decode_rgb8(&bytes, limits, spec.decoder, spec.exif_orientation, spec.transparency_to_white)?
+        let (decoder, size) = (spec.decoder, spec.size);
+        decode::decode(&bytes, limits, decoder, spec.exif_orientation, spec.transparency_to_white, size)?
     };
-    let geometry = Geometry::new(spec, decoded.width(), decoded.height(), limits)?;
-    let window = resize::resize(decoded, spec.resize, spec.resample, &geometry.window);
+    let geometry = Geometry::new(spec, decoded.width, decoded.height, limits)?;
+    let window = resize::resize(decoded.image, spec.resize, spec.resample, &geometry.window);
     let mut pixels = geometry.place(window);
     if spec.channel_order == ChannelOrder::Bgr {
         for pixel in pixels.chunks_exact_mut(3) {
@@ -264,7 +265,7 @@ pub fn prepare(
 mod tests {
     use std::path::{Path, PathBuf};
 
-    use artifact::{ResampleFilter, ResizeMode, ResizeSize};
+    use artifact::{Decoder, ResampleFilter, ResizeMode, ResizeSize};
     use base64::Engine as _;
     use serde_json::Value;
 
@@ -285,6 +286,17 @@ mod tests {
             [0.5; 3],
             [0.5; 3],
         )
+    }
+
+    #[test]
+    fn a_drafted_jpeg_is_resized_to_the_size_its_full_oriented_image_gives() -> TestResult {
+        let mut spec = bilinear(6, 30);
+        (spec.decoder, spec.exif_orientation) = (Decoder::PillowDraft, true);
+        let prepared =
+            prepare(include_bytes!("testdata/draft-orient-6.jpg"), &spec, &ImageLimits::default())?;
+        assert_eq!((prepared.width(), prepared.height()), (6, 30));
+        assert_eq!(prepared.pixels(), include_bytes!("testdata/draft-orient-6.jpg.6x30.rgb"));
+        Ok(())
     }
 
     #[test]

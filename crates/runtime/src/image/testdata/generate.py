@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 import formats
 
@@ -259,6 +259,33 @@ def geometry_cases():
     (HERE / "geometry.json").write_text("{\n" + sections + "\n}\n")
 
 
+def draft_cases():
+    """JPEGs decoded as Pillow's `draft("RGB", size)` does (libjpeg's scaled IDCT), at each reduction.
+
+    `draft.jpg` at requests picking 2, 4, 8 and 1; the small decode cases at one reduction each;
+    `draft-orient-6.jpg` (EXIF orientation 6) through the whole draft decoder: drafted with the 6x30
+    resize's size in the stored orientation (30x6: reduction 2, where 6x30 would give 1), transposed,
+    resized bilinearly.
+    """
+    picture = Image.fromarray(photo(67, 45))
+    picture.save(HERE / "draft.jpg", quality=90, subsampling="4:2:0")
+    cases = [("draft.jpg", size) for size in [(33, 22), (16, 11), (8, 5), (67, 45)]]
+    cases += [("cmyk.jpg", (12, 8)), ("gray.jpg", (6, 4)), ("progressive.jpg", (3, 2)), ("yuv422.jpg", (12, 8))]
+    for name, (width, height) in cases:
+        image = Image.open(HERE / name)
+        image.draft("RGB", (width, height))
+        (HERE / f"{name}.draft-{width}x{height}.rgb").write_bytes(rgb_bytes(image))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    picture.save(HERE / "draft-orient-6.jpg", quality=90, subsampling="4:2:0", exif=exif.tobytes())
+    image = Image.open(HERE / "draft-orient-6.jpg")
+    image.draft("RGB", (30, 6))
+    oriented = ImageOps.exif_transpose(image).convert("RGB")
+    assert oriented.size == (23, 34), oriented.size
+    resized = oriented.resize((6, 30), Image.Resampling.BILINEAR)
+    (HERE / "draft-orient-6.jpg.6x30.rgb").write_bytes(rgb_bytes(resized))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tf", action="store_true", help="also regenerate tf-bilinear.rgb (needs tensorflow)")
@@ -266,6 +293,7 @@ def main():
     decode_cases()
     resize_cases(args.tf)
     geometry_cases()
+    draft_cases()
 
 
 if __name__ == "__main__":

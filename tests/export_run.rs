@@ -1,6 +1,8 @@
 //! Export every committed checkpoint form through the real `kiln` binary and compare `kiln run` with the
 //! Hugging Face pipeline's answers recorded in `fixtures/reference/`.
 
+use std::path::Path;
+
 use anyhow::{Context, ensure};
 use kiln_e2e::{Reference, check_parity, export, fixture, run_json};
 
@@ -10,16 +12,62 @@ use kiln_e2e::{Reference, check_parity, export, fixture, run_json};
 fn tf_resize_is_recorded_and_applied() -> anyhow::Result<()> {
     let checkpoint = fixture("models/tiny-vit/model.safetensors");
     let (_tf_base, tf_dir) = export(&checkpoint, &["--resize", "tf"])?;
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tf_dir.join("manifest.json"))?)?;
-    ensure!(manifest["preprocess"]["resize"] == "tf", "manifest preprocess: {}", manifest["preprocess"]);
+    ensure!(preprocess(&tf_dir, "resize")? == "tf", "the manifest does not record --resize tf");
     let (_pil_base, pil_dir) = export(&checkpoint, &[])?;
+    ensure_reference_labels(&tf_dir, |image| image.starts_with("images/shape-"))?;
+    let (tf, pil) = (large_photo_confidence(&tf_dir)?, large_photo_confidence(&pil_dir)?);
+    ensure!((tf - pil).abs() > 1e-3, "tf and pil resize gave the same confidence {tf} on a 37x shrink");
+    Ok(())
+}
 
+/// `--jpeg-draft` is recorded and used: JPEGs decode at a reduced scale (the tiny model's 64x64 input
+/// lets even the 451x300 photo decode at a quarter), the drawn shapes and photos still get the Hugging Face
+/// pipeline's labels, and the large photo's confidence moves. With `--resize tf` it is refused.
+#[test]
+fn jpeg_draft_is_recorded_and_applied() -> anyhow::Result<()> {
+    let checkpoint = fixture("models/tiny-vit/model.safetensors");
+    let (_draft_base, draft_dir) = export(&checkpoint, &["--jpeg-draft"])?;
+    ensure!(
+        preprocess(&draft_dir, "decoder")? == "pillow_draft",
+        "the manifest does not record --jpeg-draft"
+    );
+    let (_pil_base, pil_dir) = export(&checkpoint, &[])?;
+    ensure_reference_labels(&draft_dir, |image| image.ends_with(".jpg"))?;
+    let (draft, pil) = (large_photo_confidence(&draft_dir)?, large_photo_confidence(&pil_dir)?);
+    ensure!(draft != pil, "the draft and the full decode gave the same confidence {draft}");
+
+    let base = tempfile::tempdir()?;
+    let refused = kiln_e2e::kiln(&[
+        "export",
+        "--checkpoint",
+        checkpoint.to_str().context("utf-8")?,
+        "--base",
+        base.path().to_str().context("utf-8")?,
+        "--resize",
+        "tf",
+        "--jpeg-draft",
+    ])?;
+    ensure!(!refused.status.success(), "--resize tf --jpeg-draft was accepted");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(stderr.contains("--resize tf") && stderr.contains("drafting"), "{stderr}");
+    Ok(())
+}
+
+/// `preprocess.<field>` of the manifest in the version directory `dir`.
+fn preprocess(dir: &Path, field: &str) -> anyhow::Result<serde_json::Value> {
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
+    Ok(manifest["preprocess"][field].clone())
+}
+
+/// The `tiny-vit` artifact in `dir` gives the Hugging Face pipeline's label to every reference image whose
+/// path `keep` picks (and it picks some).
+fn ensure_reference_labels(dir: &Path, keep: impl Fn(&str) -> bool) -> anyhow::Result<()> {
     let reference = Reference::load("tiny-vit")?;
-    let shapes: Vec<_> = reference.images.iter().filter(|r| r.image.starts_with("images/shape-")).collect();
-    ensure!(!shapes.is_empty(), "no drawn-shape images in the reference");
-    let names: Vec<String> = shapes.iter().map(|r| r.image.clone()).collect();
-    for (expected, got) in shapes.iter().zip(run_json(&tf_dir, &names)?) {
+    let kept: Vec<_> = reference.images.iter().filter(|r| keep(&r.image)).collect();
+    ensure!(!kept.is_empty(), "no reference image picked");
+    let names: Vec<String> = kept.iter().map(|r| r.image.clone()).collect();
+    for (expected, got) in kept.iter().zip(run_json(dir, &names)?) {
         ensure!(
             got["label"] == expected.label.as_str(),
             "{}: {got}, reference {}",
@@ -27,12 +75,13 @@ fn tf_resize_is_recorded_and_applied() -> anyhow::Result<()> {
             expected.label
         );
     }
-
-    let large = vec!["images/large-2400x2093.jpg".to_owned()];
-    let tf = run_json(&tf_dir, &large)?[0]["confidence"].as_f64().context("tf confidence")?;
-    let pil = run_json(&pil_dir, &large)?[0]["confidence"].as_f64().context("pil confidence")?;
-    ensure!((tf - pil).abs() > 1e-3, "tf and pil resize gave the same confidence {tf} on a 37x shrink");
     Ok(())
+}
+
+/// The confidence the artifact in `dir` gives the 2400x2093 photo.
+fn large_photo_confidence(dir: &Path) -> anyhow::Result<f64> {
+    let large = vec!["images/large-2400x2093.jpg".to_owned()];
+    run_json(dir, &large)?[0]["confidence"].as_f64().context("no confidence")
 }
 
 #[test]

@@ -23,6 +23,7 @@ fn graph(c: &mut Criterion) {
             base: base.path().to_owned(),
             version: None,
             resize: ResizeMode::Pil,
+            jpeg_draft: false,
             precision,
             accuracy_images: vec![],
             min_top1_agreement: export::MIN_TOP1_AGREEMENT,

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use artifact::{
-    ArtifactWriter, FORMAT_VERSION, GraphSpec, MANIFEST_DIGEST_FILE, MANIFEST_FILE, Manifest, PreprocessSpec,
-    Provenance, Publication, ResizeMode, Signature, SourceFile,
+    ArtifactWriter, Decoder, FORMAT_VERSION, GraphSpec, MANIFEST_DIGEST_FILE, MANIFEST_FILE, Manifest,
+    PreprocessSpec, Provenance, Publication, ResizeMode, Signature, SourceFile,
 };
 use runtime::{Model, PreparedImage, Progress, RuntimeOptions};
 use sha2::{Digest, Sha256};
@@ -60,6 +60,9 @@ pub struct ExportRequest {
     pub version: Option<u64>,
     /// How the runtime resizes images for this artifact.
     pub resize: ResizeMode,
+    /// Whether the runtime decodes JPEGs at a reduced scale before shrinking them, as Pillow's `draft`
+    /// does ([`artifact::Decoder::PillowDraft`]); only with [`ResizeMode::Pil`].
+    pub jpeg_draft: bool,
     /// Arithmetic of the encoder's linear layers.
     pub precision: Precision,
     /// Image files, or directories of them, a lower-precision export is compared with f32 on: when any
@@ -125,7 +128,17 @@ pub fn export_with(
     let started = Instant::now();
     progress.start("reading checkpoint and building graph", None);
     let source = Source::open(&request.checkpoint)?;
-    let spec = source.preprocess_spec(request.resize)?;
+    let mut spec = source.preprocess_spec(request.resize)?;
+    if request.jpeg_draft {
+        if spec.decoder != Decoder::Pillow {
+            return Err(ExportError::InvalidConfig {
+                path: request.checkpoint.clone(),
+                reason: "JPEG drafting is Pillow's (--resize pil); --resize tf decodes as TensorFlow does"
+                    .into(),
+            });
+        }
+        spec.decoder = Decoder::PillowDraft;
+    }
     let labels = source
         .config
         .labels()
@@ -602,6 +615,7 @@ mod tests {
             base: base.to_owned(),
             version: None,
             resize: ResizeMode::Pil,
+            jpeg_draft: false,
             precision,
             accuracy_images: photos.iter().map(|photo| fixtures.join("images").join(photo)).collect(),
             min_top1_agreement,

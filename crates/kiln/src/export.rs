@@ -46,6 +46,12 @@ pub struct ExportArgs {
     /// `tf.image.resize` bilinear; only for processors that resize to an exact size without cropping).
     #[arg(long, value_enum, default_value_t = Resize::Pil)]
     resize: Resize,
+    /// Decode a JPEG at 1/2, 1/4 or 1/8 of its size when the resize shrinks it at least that much, as
+    /// Pillow's `Image.draft` (and `thumbnail`) does: a 5-megapixel photo decodes several times faster,
+    /// and the model sees pixels about one level (of 255) from the full decode's on average, so top-1
+    /// can differ from the Hugging Face pipeline on near ties. Only with --resize pil.
+    #[arg(long)]
+    jpeg_draft: bool,
     /// Arithmetic of the linear layers: `f32`, `int8` (int8 weights and per-token int8 activations) or
     /// `bf16` (bf16 weights and activations, f32 sums: AVX512_BF16 kernels, else tract's f32 matmul);
     /// the last two for architectures made of linear layers, published only if they agree with f32 on
@@ -98,6 +104,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             Resize::Pil => ResizeMode::Pil,
             Resize::Tf => ResizeMode::Tf,
         },
+        jpeg_draft: args.jpeg_draft,
         precision: match args.precision {
             PrecisionArg::F32 => Precision::F32,
             PrecisionArg::Int8 => Precision::Int8,

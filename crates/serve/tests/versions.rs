@@ -213,6 +213,7 @@ async fn serving_version_corrupted_on_disk_reports_data_loss_and_keeps_serving()
         base: staging.path().to_owned(),
         version: Some(1),
         resize: artifact::ResizeMode::Tf,
+        jpeg_draft: false,
         precision: export::Precision::F32,
         accuracy_images: vec![],
         min_top1_agreement: export::MIN_TOP1_AGREEMENT,

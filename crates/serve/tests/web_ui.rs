@@ -254,6 +254,7 @@ async fn a_label_with_markup_is_shown_as_text() -> TestResult {
         base: base.path().to_owned(),
         version: Some(1),
         resize: artifact::ResizeMode::Pil,
+        jpeg_draft: false,
         precision: export::Precision::F32,
         accuracy_images: vec![],
         min_top1_agreement: export::MIN_TOP1_AGREEMENT,

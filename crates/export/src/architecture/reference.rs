@@ -141,6 +141,7 @@ pub fn export_fixture(model: &str, precision: Precision) -> Result<crate::Export
         base: base.path().to_owned(),
         version: None,
         resize: artifact::ResizeMode::Pil,
+        jpeg_draft: false,
         precision,
         accuracy_images: vec![],
         min_top1_agreement: crate::MIN_TOP1_AGREEMENT,

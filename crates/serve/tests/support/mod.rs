@@ -42,6 +42,7 @@ pub fn export_version(base: &Path, version: u64) -> TestResult<PathBuf> {
         base: base.to_owned(),
         version: Some(version),
         resize: artifact::ResizeMode::Pil,
+        jpeg_draft: false,
         precision: export::Precision::F32,
         accuracy_images: vec![],
         min_top1_agreement: export::MIN_TOP1_AGREEMENT,

@@ -524,6 +524,7 @@ mod tests {
                 base: base.path().to_owned(),
                 version: None,
                 resize: ResizeMode::Pil,
+                jpeg_draft: false,
                 precision,
                 accuracy_images: vec![],
                 min_top1_agreement: crate::MIN_TOP1_AGREEMENT,

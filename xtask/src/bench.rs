@@ -58,6 +58,10 @@ pub struct Args {
     /// Intra-op threads for every engine.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Export kiln's artifacts with `--jpeg-draft`: `kiln predict` and `kiln serve` then decode JPEGs at
+    /// the reduction Pillow's `draft` picks (the model-only rows are unchanged).
+    #[arg(long)]
+    jpeg_draft: bool,
 }
 
 /// Which process runs an engine and what one call of it does.
@@ -163,15 +167,16 @@ pub fn run(args: &Args) -> Result<()> {
         step(&format!("exporting the {precision} artifact"));
         let base = artifacts.join(precision);
         let started = Instant::now();
-        let dir = match kiln_export(&kiln, &checkpoint, &base, &precision_args(&root, precision)) {
-            Ok(dir) => dir,
-            Err(error) if precision != "f32" => {
-                eprintln!("bench: {error:#}; measuring without {precision}");
-                skipped.insert(precision, format!("{error:#}"));
-                continue;
-            }
-            Err(error) => return Err(error),
-        };
+        let dir =
+            match kiln_export(&kiln, &checkpoint, &base, &export_args(&root, precision, args.jpeg_draft)) {
+                Ok(dir) => dir,
+                Err(error) if precision != "f32" => {
+                    eprintln!("bench: {error:#}; measuring without {precision}");
+                    skipped.insert(precision, format!("{error:#}"));
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
         let accuracy: Value = fs::read(dir.join("accuracy.json"))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -306,6 +311,7 @@ pub fn run(args: &Args) -> Result<()> {
     let document = json!({
         "quick": args.quick,
         "threads": args.threads,
+        "jpeg_draft": args.jpeg_draft,
         "exports": exports,
         "skipped": skipped,
         "cold": cold,
@@ -603,9 +609,10 @@ fn report(
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# kiln vs ONNX Runtime, OpenVINO and PyTorch: ViT-B/16 at 224, {} threads{}\n",
+        "# kiln vs ONNX Runtime, OpenVINO and PyTorch: ViT-B/16 at 224, {} threads{}{}\n",
         args.threads,
-        if args.quick { " (--quick)" } else { "" }
+        if args.quick { " (--quick)" } else { "" },
+        if args.jpeg_draft { " (--jpeg-draft: kiln decodes JPEGs as Pillow's draft does)" } else { "" }
     );
     let _ = writeln!(
         md,
@@ -720,9 +727,10 @@ fn report(
 const BENCH_MIN_TOP1_AGREEMENT: &str = "80";
 
 /// `kiln export` arguments for `precision`: lower precisions also report their accuracy on [`IMAGES`].
-fn precision_args(root: &Path, precision: &str) -> Vec<String> {
+fn export_args(root: &Path, precision: &str, jpeg_draft: bool) -> Vec<String> {
+    let draft = jpeg_draft.then(|| "--jpeg-draft".to_owned());
     if precision == "f32" {
-        return vec![];
+        return draft.into_iter().collect();
     }
     // The bench checkpoint has random weights: every class near 1/1000, so its top-1 margins are near ties
     // (1.6e-4) that int8's noise flips on 1 or 2 of the 32 synthetic images, bf16's on 1 of the 8 photos
@@ -738,6 +746,7 @@ fn precision_args(root: &Path, precision: &str) -> Vec<String> {
         args.push("--accuracy-image".to_owned());
         args.push(root.join("fixtures/images").join(image).display().to_string());
     }
+    args.extend(draft);
     args
 }
 

@@ -149,7 +149,7 @@ pub enum Decoder {
     /// [`Decoder::Pillow`], except that a JPEG is decoded at 1/2, 1/4 or 1/8 of its size when the resize
     /// shrinks it at least that much: `Image.draft("RGB", size)` with the resize's size before
     /// `convert("RGB")`, as Pillow's `thumbnail` does. Decoding a large photo costs a fraction of the full
-    /// decode, and the pixels differ from [`Decoder::Pillow`]'s by about one level on average (format
+    /// decode, and the pixels differ from [`Decoder::Pillow`]'s by 1 to 1.5 levels on average (format
     /// version 5).
     #[serde(rename = "pillow_draft")]
     PillowDraft,

@@ -47,8 +47,8 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value_t = Resize::Pil)]
     resize: Resize,
     /// Decode a JPEG at 1/2, 1/4 or 1/8 of its size when the resize shrinks it at least that much, as
-    /// Pillow's `Image.draft` (and `thumbnail`) does: a 5-megapixel photo decodes several times faster,
-    /// and the model sees pixels about one level (of 255) from the full decode's on average, so top-1
+    /// Pillow's `Image.draft` (and `thumbnail`) does: a 5-megapixel photo prepares 2.4x faster,
+    /// and the model sees pixels 1 to 1.5 levels (of 255) from the full decode's on average, so top-1
     /// can differ from the Hugging Face pipeline on near ties. Only with --resize pil.
     #[arg(long)]
     jpeg_draft: bool,

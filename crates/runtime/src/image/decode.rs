@@ -13,6 +13,9 @@
 //! compare against (its documentation says a first GIF frame smaller than the canvas is padded with black,
 //! where Pillow pads with palette index 0, or the transparency index).
 //!
+//! [`Decoder::PillowDraft`] is [`Decoder::Pillow`] with Pillow's `draft` for JPEGs: libjpeg's scaled IDCT
+//! decodes at 1/2, 1/4 or 1/8 of the width and height when the resize shrinks the image at least that much.
+//!
 //! Every decoder reads the header (GIF: logical screen and first frame; TIFF: the first IFD) and checks
 //! the declared size against [`ImageLimits`] before allocating pixels.
 
